@@ -1,0 +1,166 @@
+# Service accounts and IAM: one runtime identity per function with only the roles it uses, the
+# identities that invoke functions (Pub/Sub push, Cloud Scheduler), the build identity, who may
+# invoke each function, and the grants Pub/Sub's service agent needs.
+
+# --- Runtime identities of the functions --------------------------------------------------------
+
+resource "google_service_account" "function" {
+  for_each = local.functions
+
+  account_id   = each.value.account_id
+  display_name = "archsync ${each.key} function"
+  description  = "Runtime identity of the ${each.key} Cloud Function."
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Project-wide grants, per local.functions[*].project_roles:
+# - roles/datastore.user (all): read/write Firestore documents.
+# - roles/pubsub.publisher (on_exam_status_changed, sweep_jobs): job messages go to per-gateway
+#   topics that are created at runtime, outside this configuration, so there is no topic to
+#   grant on here; the same grant covers the dead-letter topic.
+resource "google_project_iam_member" "function" {
+  for_each = merge([
+    for name, fn in local.functions : {
+      for role in fn.project_roles : "${name} ${role}" => { name = name, role = role }
+    }
+  ]...)
+
+  project = var.project_id
+  role    = each.value.role
+  member  = google_service_account.function[each.value.name].member
+}
+
+# --- Who may invoke which function --------------------------------------------------------------
+# 2nd gen functions are Cloud Run services: invocation needs roles/run.invoker on the service
+# (roles/cloudfunctions.invoker is the 1st gen role and is not enough).
+
+resource "google_service_account" "push_invoker" {
+  account_id   = "archsync-push-invoker"
+  display_name = "archsync Pub/Sub push invoker"
+  description  = "Identity in the OIDC token of the exam-status push subscription."
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "scheduler" {
+  account_id   = "archsync-scheduler"
+  display_name = "archsync Cloud Scheduler invoker"
+  description  = "Identity in the OIDC token of the sweep_jobs Cloud Scheduler job."
+
+  depends_on = [google_project_service.enabled]
+}
+
+locals {
+  # Keys are static so that for_each is known at plan time (service account emails are not).
+  function_invokers = merge(
+    {
+      "on_exam_status_changed push-invoker" = { name = "on_exam_status_changed", member = google_service_account.push_invoker.member }
+      "sweep_jobs scheduler"                = { name = "sweep_jobs", member = google_service_account.scheduler.member }
+    },
+    { for m in var.platform_invoker_members : "lock_status ${m}" => { name = "lock_status", member = m } },
+  )
+}
+
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  for_each = local.function_invokers
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.function[each.value.name].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = each.value.member
+}
+
+# The Result Endpoint is public on purpose: gateways are not Google identities. Each request is
+# authenticated by the function itself with the gateway's HMAC signature (shared/signing.py:
+# per-gateway key, timestamp within ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS), checked before the body
+# is parsed or anything is read besides the gateway's key.
+resource "google_cloud_run_v2_service_iam_member" "result_endpoint_public" {
+  # checkov:skip=CKV_GCP_102:Public by design; requests are authenticated by HMAC signature in the function.
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.function["on_job_result"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}
+
+# --- Pub/Sub ------------------------------------------------------------------------------------
+
+# Dead-lettering: Pub/Sub's service agent republishes undeliverable messages to the dead-letter
+# topic and must be able to ack them on the source subscription.
+resource "google_pubsub_topic_iam_member" "dead_letter_pubsub_agent" {
+  topic  = google_pubsub_topic.dead_letter.id
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_service_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "exam_status_pubsub_agent" {
+  subscription = google_pubsub_subscription.exam_status_to_function.id
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_service_agent
+}
+
+# The service agent mints the push subscription's OIDC tokens. Only needed explicitly in projects
+# that enabled Pub/Sub before 2021-04-08, harmless elsewhere; granted on this one account only.
+resource "google_service_account_iam_member" "push_invoker_token_creator" {
+  service_account_id = google_service_account.push_invoker.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_service_agent
+}
+
+# The platform publishes exam status events.
+resource "google_pubsub_topic_iam_member" "exam_status_platform_publisher" {
+  for_each = toset(var.platform_publisher_members)
+
+  topic  = google_pubsub_topic.exam_status.id
+  role   = "roles/pubsub.publisher"
+  member = each.value
+}
+
+# --- Build identity -----------------------------------------------------------------------------
+# Cloud Build builds the function images as this account instead of the project default (since
+# 2024 the Compute Engine default account, which has no roles in new organizations and Editor in
+# old projects). Roles per "Custom service account for Cloud Build" in the Cloud Functions docs.
+
+resource "google_service_account" "build" {
+  account_id   = "archsync-fn-build"
+  display_name = "archsync function build"
+  description  = "Cloud Build identity for building the Archive Synchronization functions."
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "build_logs" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = google_service_account.build.member
+}
+
+# Cloud Functions copies each bundle into its own gcf-v2-sources-<number>-<region> bucket (created
+# on first deploy) and the build reads it from there. The condition keeps every other bucket, the
+# generated objects in particular, out of reach.
+resource "google_project_iam_member" "build_sources" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.build.member
+
+  condition {
+    title      = "function sources only"
+    expression = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-${data.google_project.this.number}-${var.region}\")"
+  }
+}
+
+# In case the build reads the bundle from where it was uploaded.
+resource "google_storage_bucket_iam_member" "build_source_reader" {
+  bucket = local.functions_source_bucket
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.build.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "build_writer" {
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.build.member
+}

@@ -1,0 +1,52 @@
+# Outputs: function URLs (the Result Endpoint URL is what gateways are configured with), topic,
+# subscription and bucket names, service accounts.
+
+output "function_urls" {
+  description = "HTTPS URL of each function (Cloud Run service URL), by function name."
+  value       = { for name, fn in google_cloudfunctions2_function.function : name => fn.service_config[0].uri }
+}
+
+output "result_endpoint_url" {
+  description = "Result Endpoint URL gateways POST signed job results to (on_job_result)."
+  value       = google_cloudfunctions2_function.function["on_job_result"].service_config[0].uri
+}
+
+output "lock_status_url" {
+  description = "Base URL of lock_status; the platform calls GET <url>/v1/facility-groups/{fg}/exams/{exam}/lock."
+  value       = google_cloudfunctions2_function.function["lock_status"].service_config[0].uri
+}
+
+output "exam_status_topic" {
+  description = "Topic the platform publishes exam status events to."
+  value       = google_pubsub_topic.exam_status.name
+}
+
+output "dead_letter_topic" {
+  description = "Dead-letter topic (ARCHSYNC_DEAD_LETTER_TOPIC)."
+  value       = google_pubsub_topic.dead_letter.name
+}
+
+output "dead_letter_audit_subscription" {
+  description = "Pull subscription operators read parked messages from."
+  value       = google_pubsub_subscription.dead_letter_audit.name
+}
+
+output "exam_status_push_subscription" {
+  description = "Push subscription feeding on_exam_status_changed."
+  value       = google_pubsub_subscription.exam_status_to_function.name
+}
+
+output "functions_source_bucket" {
+  description = "Bucket holding the function deploy bundles."
+  value       = local.functions_source_bucket
+}
+
+output "generated_objects_bucket" {
+  description = "Bucket for generated objects."
+  value       = google_storage_bucket.generated.name
+}
+
+output "function_service_accounts" {
+  description = "Runtime service account email of each function."
+  value       = { for name, sa in google_service_account.function : name => sa.email }
+}

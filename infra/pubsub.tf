@@ -1,0 +1,84 @@
+# Pub/Sub: the inbound exam-status topic and its push subscription to on_exam_status_changed,
+# and the dead-letter topic with a pull subscription for operators.
+#
+# Gateway job topics are not declared here: they are created per gateway at runtime.
+
+locals {
+  exam_status_topic = "archsync-exam-status"
+  # Must equal Settings.dead_letter_topic in shared/settings.py (also passed explicitly to the
+  # functions as ARCHSYNC_DEAD_LETTER_TOPIC).
+  dead_letter_topic = "archsync-dead-letter"
+  seven_days        = "604800s"
+}
+
+# The platform publishes exam status events here.
+resource "google_pubsub_topic" "exam_status" {
+  name                       = local.exam_status_topic
+  message_retention_duration = local.seven_days # lets operators seek a subscription back to replay
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Parked messages: those on_exam_status_changed rejects as malformed (it publishes them itself,
+# with a `reason` attribute) and those Pub/Sub gives up on after max_delivery_attempts.
+resource "google_pubsub_topic" "dead_letter" {
+  name = local.dead_letter_topic
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Operators pull (and ack) parked messages from here.
+resource "google_pubsub_subscription" "dead_letter_audit" {
+  name                       = "archsync-dead-letter-audit"
+  topic                      = google_pubsub_topic.dead_letter.id
+  ack_deadline_seconds       = 60
+  message_retention_duration = local.seven_days
+
+  # An unused subscription expires after 31 days by default; this one is read only when
+  # something goes wrong, so it must never expire.
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# An explicit push subscription rather than an event_trigger (Eventarc) on the function, so that
+# the subscription can carry the retry and dead-letter policies.
+resource "google_pubsub_subscription" "exam_status_to_function" {
+  name                 = "archsync-exam-status-to-function"
+  topic                = google_pubsub_topic.exam_status.id
+  ack_deadline_seconds = 60 # = the function's timeout_seconds
+
+  push_config {
+    # functions-framework turns a raw Pub/Sub push into the CloudEvent the function expects and
+    # takes the event source from a projects/<project>/topics/<topic> path in the URL.
+    push_endpoint = "${google_cloudfunctions2_function.function["on_exam_status_changed"].service_config[0].uri}/projects/${var.project_id}/topics/${google_pubsub_topic.exam_status.name}"
+
+    oidc_token {
+      service_account_email = google_service_account.push_invoker.email
+      # The service URL, not the push endpoint (the default): Cloud Run checks the audience.
+      audience = google_cloudfunctions2_function.function["on_exam_status_changed"].service_config[0].uri
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = 10
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  # Deliveries start at once: the push identity may invoke the function and the Pub/Sub service
+  # agent holds what it needs for OIDC push and dead-lettering.
+  depends_on = [
+    google_cloud_run_v2_service_iam_member.invoker,
+    google_pubsub_topic_iam_member.dead_letter_pubsub_agent,
+    google_service_account_iam_member.push_invoker_token_creator,
+  ]
+}

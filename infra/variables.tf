@@ -1,0 +1,123 @@
+# Input variables. Environment-specific values live in environments/<environment>.tfvars.
+#
+# The tunables (*_seconds, sweep_batch_size) reach every function as the ARCHSYNC_* environment
+# variables read by shared/settings.py (Settings.from_env); their defaults equal the defaults there.
+
+variable "project_id" {
+  description = "Google Cloud project that hosts this environment (one project per environment)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, Cloud Scheduler job, buckets and Artifact Registry repository."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "firestore_location_id" {
+  description = "Location of the Firestore database (a region or a multi-region such as \"eur3\"). Defaults to var.region. Cannot be changed once the database exists."
+  type        = string
+  default     = null
+}
+
+variable "environment" {
+  description = "Environment name (dev, prod, ...): used in labels and bucket names."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,14}$", var.environment))
+    error_message = "environment must be 2-15 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "platform_invoker_members" {
+  description = "IAM members allowed to call the lock_status function, e.g. [\"serviceAccount:platform-api@platform-project.iam.gserviceaccount.com\"]."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.platform_invoker_members : !contains(["allUsers", "allAuthenticatedUsers"], m)])
+    error_message = "lock_status is for the platform only: allUsers and allAuthenticatedUsers are not allowed."
+  }
+}
+
+variable "platform_publisher_members" {
+  description = "IAM members allowed to publish exam status events to the inbound topic (the platform's service account). Empty if publishing rights are granted elsewhere."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.platform_publisher_members : !contains(["allUsers", "allAuthenticatedUsers"], m)])
+    error_message = "allUsers and allAuthenticatedUsers may not publish to the inbound topic."
+  }
+}
+
+variable "functions_source_bucket" {
+  description = "Existing bucket to upload the function bundles to. null creates a private one named <project>-archsync-fn-source-<environment>."
+  type        = string
+  default     = null
+}
+
+variable "bundles_dir" {
+  description = "Directory holding the deploy bundles <function>.zip built by scripts/build_bundles.py. null means build/bundles at the repository root."
+  type        = string
+  default     = null
+}
+
+variable "max_instance_count" {
+  description = "Maximum number of instances of each request-serving function (sweep_jobs is capped at 1)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.max_instance_count >= 1
+    error_message = "max_instance_count must be at least 1."
+  }
+}
+
+variable "dispatch_grace_seconds" {
+  description = "ARCHSYNC_DISPATCH_GRACE_SECONDS: extra time in a queued job's timeout window for a gateway that pulls it late."
+  type        = number
+  default     = 1800
+}
+
+variable "attempt_allowance_seconds" {
+  description = "ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS: time allowed for one whole-study send attempt by a gateway."
+  type        = number
+  default     = 900
+}
+
+variable "signature_max_skew_seconds" {
+  description = "ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS: accepted clock skew of the timestamp of a signed job result."
+  type        = number
+  default     = 300
+}
+
+variable "publish_lease_seconds" {
+  description = "ARCHSYNC_PUBLISH_LEASE_SECONDS: publish lease a caller holds on a job before another caller (a redelivery or the sweep) may publish it."
+  type        = number
+  default     = 60
+}
+
+variable "sweep_batch_size" {
+  description = "ARCHSYNC_SWEEP_BATCH_SIZE: jobs examined per query by one sweep."
+  type        = number
+  default     = 200
+}
+
+variable "sweep_schedule" {
+  description = "Cron schedule (UTC) of the sweep_jobs Cloud Scheduler job."
+  type        = string
+  default     = "*/5 * * * *"
+}
+
+variable "generated_objects_retention_days" {
+  description = "Days after which objects in the generated-objects bucket are deleted."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.generated_objects_retention_days >= 1
+    error_message = "generated_objects_retention_days must be at least 1."
+  }
+}

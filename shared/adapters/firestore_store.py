@@ -1,0 +1,279 @@
+"""Firestore adapter: the ConfigStore, JobStore and SecretStore ports.
+
+Layout (everything under the tenant, so a path always names its facility group):
+  facility_groups/{fg}
+  facility_groups/{fg}/facilities/{facility}
+  facility_groups/{fg}/gateways/{gateway}
+  facility_groups/{fg}/gateway_secrets/{gateway}          Result Endpoint keys (never listed by the API)
+  facility_groups/{fg}/destinations/{destination}
+  facility_groups/{fg}/jobs/{job}                          ids from shared.domain.rules.job_id
+  facility_groups/{fg}/exams/{exam}/archive_states/{destination}
+The order lock is the ``lock_held`` flag of the exam's running archive jobs: it is cleared in the
+same write that makes a job final, so a lock cannot outlive its job.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from ..domain.errors import PermanentError, TransientError
+from ..domain.jobs import Transition
+from ..domain.models import (
+    OPEN_JOB_STATES,
+    ArchiveState,
+    Destination,
+    Facility,
+    FacilityGroup,
+    Gateway,
+    Job,
+    JobState,
+)
+from . import codec
+
+GROUPS = "facility_groups"
+FACILITIES = "facilities"
+GATEWAYS = "gateways"
+GATEWAY_SECRETS = "gateway_secrets"
+DESTINATIONS = "destinations"
+JOBS = "jobs"
+EXAMS = "exams"
+ARCHIVE_STATES = "archive_states"
+
+# Query shapes that need a composite index in production (declared in infra/firestore.tf; the
+# emulator never asks for one). Each entry: (collection group, scope, ((field, order), ...)).
+COMPOSITE_INDEXES = (
+    (JOBS, "COLLECTION_GROUP", (("state", "ASCENDING"), ("deadline", "ASCENDING"))),
+    (JOBS, "COLLECTION_GROUP", (("published", "ASCENDING"), ("state", "ASCENDING"), ("publish_lease_until", "ASCENDING"))),
+)
+
+
+@dataclass
+class OpCounter:
+    """Documents read and written, counted at the adapter (what Firestore bills)."""
+
+    reads: int = 0
+    writes: int = 0
+
+    def reset(self) -> None:
+        self.reads = self.writes = 0
+
+
+_TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.Aborted,
+    gexc.InternalServerError,
+    gexc.TooManyRequests,
+    gexc.ResourceExhausted,
+    gexc.Unknown,
+)
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (gexc.AlreadyExists, gexc.FailedPrecondition):
+        raise  # answers to create() and preconditions: the caller decides what they mean
+    except _TRANSIENT as e:
+        raise TransientError(f"Firestore unavailable: {type(e).__name__}") from e
+    except (gexc.InvalidArgument, gexc.NotFound) as e:
+        raise PermanentError(f"Firestore rejected the request: {type(e).__name__}") from e
+    except gexc.GoogleAPICallError as e:
+        # Permission and configuration errors: retrying lets an operator fix them without loss.
+        raise TransientError(f"Firestore error: {type(e).__name__}") from e
+
+
+class FirestoreStore:
+    def __init__(self, client: firestore.Client):
+        self._db = client
+        self.ops = OpCounter()
+
+    # -- paths ---------------------------------------------------------------------------
+    def _group(self, fg: str) -> firestore.DocumentReference:
+        return self._db.collection(GROUPS).document(fg)
+
+    def _job_ref(self, fg: str, job_id: str) -> firestore.DocumentReference:
+        return self._group(fg).collection(JOBS).document(job_id)
+
+    def _archive_ref(self, fg: str, exam_id: str, destination_id: str) -> firestore.DocumentReference:
+        return self._group(fg).collection(EXAMS).document(exam_id).collection(ARCHIVE_STATES).document(destination_id)
+
+    def _read(self, n: int = 1) -> None:
+        self.ops.reads += max(n, 1)  # a query that matches nothing still costs one read
+
+    def _set(self, ref: firestore.DocumentReference, doc: dict[str, Any]) -> None:
+        with _translated():
+            ref.set(doc)
+        self.ops.writes += 1
+
+    # -- configuration -------------------------------------------------------------------
+    def save_facility_group(self, group: FacilityGroup) -> None:
+        self._set(self._group(group.id), codec.group_to_doc(group))
+
+    def save_facility(self, facility: Facility) -> None:
+        self._set(self._group(facility.facility_group_id).collection(FACILITIES).document(facility.id), codec.facility_to_doc(facility))
+
+    def save_gateway(self, gateway: Gateway) -> None:
+        self._set(self._group(gateway.facility_group_id).collection(GATEWAYS).document(gateway.id), codec.gateway_to_doc(gateway))
+
+    def save_destination(self, destination: Destination) -> None:
+        ref = self._group(destination.facility_group_id).collection(DESTINATIONS).document(destination.id)
+        self._set(ref, codec.destination_to_doc(destination))
+
+    def archiving_destinations(self, facility_group_id: str, trigger_status: str) -> list[Destination]:
+        # Equality filters only: served by merging single-field indexes, no composite index.
+        q = (
+            self._group(facility_group_id)
+            .collection(DESTINATIONS)
+            .where(filter=FieldFilter("trigger_status", "==", trigger_status))
+            .where(filter=FieldFilter("auto_archive", "==", True))
+            .where(filter=FieldFilter("active", "==", True))
+        )
+        with _translated():
+            docs = list(q.stream())
+        self._read(len(docs))
+        return [codec.destination_from_doc(d.to_dict()) for d in docs]
+
+    def get_destination(self, facility_group_id: str, destination_id: str) -> Optional[Destination]:
+        with _translated():
+            snap = self._group(facility_group_id).collection(DESTINATIONS).document(destination_id).get()
+        self._read()
+        return codec.destination_from_doc(snap.to_dict()) if snap.exists else None
+
+    def get_gateways(self, facility_group_id: str, gateway_ids: Sequence[str]) -> dict[str, Gateway]:
+        if not gateway_ids:
+            return {}
+        refs = [self._group(facility_group_id).collection(GATEWAYS).document(g) for g in dict.fromkeys(gateway_ids)]
+        with _translated():
+            snaps = list(self._db.get_all(refs))
+        self._read(len(refs))
+        return {s.id: codec.gateway_from_doc(s.to_dict()) for s in snaps if s.exists}
+
+    # -- secrets -------------------------------------------------------------------------
+    def result_key(self, facility_group_id: str, gateway_id: str) -> Optional[bytes]:
+        with _translated():
+            snap = self._group(facility_group_id).collection(GATEWAY_SECRETS).document(gateway_id).get()
+        self._read()
+        return bytes(snap.get("result_key")) if snap.exists else None
+
+    def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None:
+        self._set(self._group(facility_group_id).collection(GATEWAY_SECRETS).document(gateway_id), {"result_key": key})
+
+    # -- jobs ----------------------------------------------------------------------------
+    def create_job(self, job: Job) -> bool:
+        try:
+            with _translated():
+                self._job_ref(job.facility_group_id, job.id).create(codec.job_to_doc(job))
+        except gexc.AlreadyExists:
+            return False
+        finally:
+            self.ops.writes += 1
+        return True
+
+    def get_job(self, facility_group_id: str, job_id: str) -> Optional[Job]:
+        with _translated():
+            snap = self._job_ref(facility_group_id, job_id).get()
+        self._read()
+        return codec.job_from_doc(snap.to_dict()) if snap.exists else None
+
+    def claim_publish(self, facility_group_id: str, job_id: str, now: datetime, lease_until: datetime) -> Optional[Job]:
+        """Take the publish lease of an unpublished, open job whose lease ran out. The update is
+        conditional on the version read, so of concurrent callers exactly one wins; the others
+        get None."""
+        ref = self._job_ref(facility_group_id, job_id)
+        with _translated():
+            snap = ref.get()
+        self._read()
+        if not snap.exists:
+            return None
+        job = codec.job_from_doc(snap.to_dict())
+        if job.published or job.state not in OPEN_JOB_STATES:
+            return None
+        if job.publish_lease_until is not None and job.publish_lease_until > now:
+            return None
+        try:
+            with _translated():
+                ref.update({"publish_lease_until": lease_until}, option=self._db.write_option(last_update_time=snap.update_time))
+        except (gexc.FailedPrecondition, TransientError):
+            return None
+        finally:
+            self.ops.writes += 1
+        job.publish_lease_until = lease_until
+        return job
+
+    def mark_published(self, facility_group_id: str, job_id: str, at: datetime) -> None:
+        with _translated():
+            self._job_ref(facility_group_id, job_id).update({"published": True, "published_at": at})
+        self.ops.writes += 1
+
+    def transact_job(self, facility_group_id: str, job_id: str, decide: Callable[[Job], Transition]) -> Optional[Transition]:
+        ref = self._job_ref(facility_group_id, job_id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> Optional[Transition]:
+            snap = ref.get(transaction=tx)
+            self._read()
+            if not snap.exists:
+                return None
+            transition = decide(codec.job_from_doc(snap.to_dict()))
+            if transition.job is not None:
+                tx.set(ref, codec.job_to_doc(transition.job))
+                self.ops.writes += 1
+            if transition.archive_state is not None:
+                a = transition.archive_state
+                tx.set(self._archive_ref(a.facility_group_id, a.exam_id, a.destination_id), codec.archive_state_to_doc(a))
+                self.ops.writes += 1
+            return transition
+
+        with _translated():
+            return run(self._db.transaction())
+
+    def expired_jobs(self, now: datetime, limit: int) -> list[Job]:
+        q = (
+            self._db.collection_group(JOBS)
+            .where(filter=FieldFilter("state", "in", [s.value for s in OPEN_JOB_STATES]))
+            .where(filter=FieldFilter("deadline", "<=", now))
+            .order_by("deadline")
+            .limit(limit)
+        )
+        return self._jobs(q)
+
+    def unpublished_jobs(self, now: datetime, limit: int) -> list[Job]:
+        q = (
+            self._db.collection_group(JOBS)
+            .where(filter=FieldFilter("published", "==", False))
+            .where(filter=FieldFilter("state", "==", JobState.QUEUED.value))
+            .where(filter=FieldFilter("publish_lease_until", "<=", now))
+            .order_by("publish_lease_until")
+            .limit(limit)
+        )
+        return self._jobs(q)
+
+    def lock_holders(self, facility_group_id: str, exam_id: str) -> list[Job]:
+        q = (
+            self._group(facility_group_id)
+            .collection(JOBS)
+            .where(filter=FieldFilter("exam_id", "==", exam_id))
+            .where(filter=FieldFilter("lock_held", "==", True))
+        )
+        return self._jobs(q)
+
+    def archive_states(self, facility_group_id: str, exam_id: str) -> list[ArchiveState]:
+        coll = self._group(facility_group_id).collection(EXAMS).document(exam_id).collection(ARCHIVE_STATES)
+        with _translated():
+            docs = list(coll.stream())
+        self._read(len(docs))
+        return [codec.archive_state_from_doc(d.to_dict()) for d in docs]
+
+    def _jobs(self, query: Any) -> list[Job]:
+        with _translated():
+            docs = list(query.stream())
+        self._read(len(docs))
+        return [codec.job_from_doc(d.to_dict()) for d in docs]

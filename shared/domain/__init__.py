@@ -1,0 +1,1 @@
+"""Pure domain: models, validation and rules. No ``google.*`` imports here."""

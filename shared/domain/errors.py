@@ -1,0 +1,45 @@
+"""Error taxonomy shared by services and adapters.
+
+Entry points map these to responses: ``TransientError`` -> raise so Pub/Sub redelivers (or 503),
+``PermanentError`` -> dead-letter with its reason (or a 4xx), ``NotFound``/``Conflict``/
+``ValidationFailed`` -> HTTP 404/409/422.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+
+class ArchSyncError(Exception):
+    """Base class. ``str(err)`` must never contain patient data or secrets."""
+
+
+class TransientError(ArchSyncError):
+    """Retrying later may succeed (network, contention, a dependency briefly down)."""
+
+
+class PermanentError(ArchSyncError):
+    """Retrying can never succeed (malformed input, a resource that is gone)."""
+
+
+class MalformedInput(PermanentError):
+    """The payload does not satisfy its contract."""
+
+
+class NotFound(ArchSyncError):
+    pass
+
+
+class Conflict(ArchSyncError):
+    pass
+
+
+class Unauthorized(ArchSyncError):
+    pass
+
+
+class ValidationFailed(ArchSyncError):
+    """Field-level validation errors: ``errors`` maps a field name to what is wrong with it."""
+
+    def __init__(self, errors: Mapping[str, str]):
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())))

@@ -1,0 +1,235 @@
+"""Domain models (seed 000 and ../shared/ARCHITECTURE.md "Domain"), all scoped to a facility group."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Optional
+
+
+class ExamStatus(str, enum.Enum):
+    """Exam statuses that can trigger auto archive (seed 000 "Select the trigger status")."""
+
+    PENDING = "PENDING"
+    INFLIGHT = "INFLIGHT"
+    COMPLETED = "COMPLETED"
+
+    @property
+    def label(self) -> str:
+        return self.value.capitalize()
+
+
+# Seed 000 "Important - Recommended Auto Archive Status": archiving triggered at Pending or
+# Inflight locks the order for the duration of the job.
+LOCKING_TRIGGERS = frozenset({ExamStatus.PENDING, ExamStatus.INFLIGHT})
+
+LOCK_MESSAGE = "Archiving in progress — edits are not permitted until the archive job is complete."
+# What the lock blocks (seed 000): reported with the lock status so the platform need not hard-code it.
+LOCKED_ACTIONS = ("DICOM_SEND", "EXAM_SHARING", "REPORTING_AND_DICTATION", "METADATA_CHANGES")
+
+
+class JobType(str, enum.Enum):
+    ARCHIVE = "ARCHIVE"
+    DICOM = "DICOM"
+    IOCM = "IOCM"
+    KOS = "KOS"
+    ADT = "ADT"
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "QUEUED"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def rank(self) -> int:
+        """Position in the one-way order QUEUED < IN_PROGRESS < final (rule 4: never backwards)."""
+        return {"QUEUED": 0, "IN_PROGRESS": 1}.get(self.value, 2)
+
+    @property
+    def is_final(self) -> bool:
+        return self.rank == 2
+
+
+OPEN_JOB_STATES = (JobState.QUEUED, JobState.IN_PROGRESS)
+
+
+class ArchiveStateValue(str, enum.Enum):
+    """Seed 000 "Archive States". No record at all means NOT ARCHIVED."""
+
+    ARCHIVED = "ARCHIVED"
+    FAILED = "FAILED"
+    UNKNOWN = "UNKNOWN"
+
+
+NOT_ARCHIVED = "NOT_ARCHIVED"
+
+
+@dataclass(frozen=True)
+class FacilityGroup:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Facility:
+    id: str
+    facility_group_id: str
+    name: str
+    send_adt: bool = False
+
+
+@dataclass(frozen=True)
+class Gateway:
+    id: str
+    facility_group_id: str
+    name: str
+    topic_id: str
+    subscription_id: str
+    description: str = ""
+    facility_ids: tuple[str, ...] = ()  # empty = every facility of the group (seed 000 Step 1)
+    active: bool = True
+    service_account_email: str = ""
+    provisioning_state: str = "READY"
+    created_by: str = ""
+    created_at: Optional[datetime] = None
+    updated_by: str = ""
+    updated_at: Optional[datetime] = None
+
+    def serves(self, facility_id: str) -> bool:
+        return not self.facility_ids or facility_id in self.facility_ids
+
+
+@dataclass(frozen=True)
+class Destination:
+    id: str
+    facility_group_id: str
+    name: str
+    host: str
+    port: int
+    called_ae_title: str
+    calling_ae_title: str
+    gateway_id: str
+    type: str = "DICOM_SCP"
+    moving_ae_title: Optional[str] = None
+    facility_ids: tuple[str, ...] = ()  # empty = every facility the gateway serves
+    max_retries: int = 3
+    retry_timeout_seconds: int = 10
+    transfer_syntax_uid: Optional[str] = None
+    excluded_sop_class_uids: tuple[str, ...] = ()
+    auto_archive: bool = False
+    trigger_status: Optional[ExamStatus] = None
+    # When auto archive was last switched on with the current trigger status. Exams that first
+    # reached the status before this instant are not archived (seed 000 Troubleshooting row 1:
+    # "no retroactive archiving").
+    auto_archive_since: Optional[datetime] = None
+    support_iocm: bool = False
+    allow_prefetch: bool = False
+    active: bool = True
+    created_by: str = ""
+    created_at: Optional[datetime] = None
+    updated_by: str = ""
+    updated_at: Optional[datetime] = None
+
+    @property
+    def archive_text(self) -> str:
+        """The Destinations table "Archive" column (seed 000 "Destinations Table Reference")."""
+        if self.auto_archive and self.trigger_status is not None:
+            return f"Yes ({self.trigger_status.label})"
+        return "No"
+
+
+@dataclass(frozen=True)
+class Patient:
+    mrn: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ExamStatusChanged:
+    """Inbound platform event, contract ``exam-status-changed.v1.schema.json``."""
+
+    event_id: str
+    event_time: datetime
+    facility_group_id: str
+    facility_id: str
+    exam_id: str
+    accession_number: str
+    status: str
+    status_first_reached_at: datetime
+    study_instance_uid: str
+    patient: Patient
+    study_storage_uri: str = ""
+    previous_status: Optional[str] = None
+
+
+@dataclass
+class Job:
+    id: str
+    facility_group_id: str
+    type: JobType
+    state: JobState
+    destination_id: str
+    destination_name: str
+    gateway_id: str
+    exam_id: str
+    accession_number: str
+    mrn: str
+    patient_name: str
+    study_instance_uid: str
+    facility_id: str
+    queued_at: datetime
+    deadline: datetime
+    attempt: int = 1
+    # The destination's retry policy when the job was (re)queued: sent to the gateway and used for
+    # the timeout window, so later edits of the destination do not change a running job.
+    max_retries: int = 3
+    retry_timeout_seconds: int = 10
+    started_at: Optional[datetime] = None
+    completed_at: Optional[datetime] = None
+    failure_reason: Optional[str] = None
+    trigger_status: Optional[str] = None
+    lock_held: bool = False
+    published: bool = False
+    published_at: Optional[datetime] = None
+    publish_lease_until: Optional[datetime] = None
+    timed_out: bool = False
+    counts: dict = field(default_factory=dict)
+    source_event_id: str = ""
+    study_storage_uri: str = ""
+
+
+@dataclass(frozen=True)
+class ArchiveState:
+    facility_group_id: str
+    exam_id: str
+    destination_id: str
+    state: ArchiveStateValue
+    job_id: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    job_id: str
+    destination_id: str
+    destination_name: str
+    trigger_status: Optional[str]
+    state: JobState
+    queued_at: datetime
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    facility_group_id: str
+    exam_id: str
+    holders: tuple[LockHolder, ...]
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.holders)
+
+    @property
+    def message(self) -> Optional[str]:
+        return LOCK_MESSAGE if self.locked else None

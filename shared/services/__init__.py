@@ -1,0 +1,1 @@
+"""Use cases. Each function's entry point calls exactly one of these."""

@@ -1,0 +1,51 @@
+"""``on_job_result``: authenticate a gateway's result callback and apply it (rule 4)."""
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+from .. import contracts, logs
+from ..domain.errors import MalformedInput, NotFound, Unauthorized
+from ..domain.jobs import Transition, apply_result
+from ..domain.messages import gateway_result
+from ..domain.models import Job
+from ..domain.rules import TimeoutPolicy
+from ..domain.validation import is_valid_id
+from ..ports import Clock, JobStore, SecretStore
+from ..signing import parse_gateway_header, verify
+
+
+class ResultService:
+    def __init__(self, jobs: JobStore, secrets: SecretStore, clock: Clock, policy: TimeoutPolicy, max_skew_seconds: int):
+        self._jobs = jobs
+        self._secrets = secrets
+        self._clock = clock
+        self._policy = policy
+        self._skew = max_skew_seconds
+
+    def handle(self, headers: Mapping[str, str], body: bytes) -> Transition:
+        group, gateway_id = parse_gateway_header(headers)
+        if not (is_valid_id(group) and is_valid_id(gateway_id)):
+            raise Unauthorized("malformed gateway header")
+        now = self._clock.now()
+        # Authenticate before reading the body: nothing unauthenticated is parsed or written.
+        verify(self._secrets.result_key(group, gateway_id), headers, body, now.timestamp(), self._skew)
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise MalformedInput("body is not JSON") from None
+        contracts.validate(contracts.JOB_RESULT, payload)
+        result = gateway_result(payload)
+
+        def decide(job: Job) -> Transition:
+            if job.gateway_id != gateway_id:
+                raise NotFound("unknown job")  # another gateway's job: do not reveal it exists
+            return apply_result(job, result, now=self._clock.now(), policy=self._policy)
+
+        transition = self._jobs.transact_job(group, result.job_id, decide)
+        if transition is None:
+            raise NotFound("unknown job")
+        logs.info("job result", job_id=result.job_id, attempt=result.attempt, reported=result.state.value,
+                  outcome=transition.outcome, lock_released=transition.lock_released,
+                  state=transition.job.state.value if transition.job else None, facility_group_id=group, gateway_id=gateway_id)
+        return transition

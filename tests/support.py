@@ -1,0 +1,138 @@
+"""Builders and helpers shared by the tests."""
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from shared.domain.models import Destination, ExamStatus, Facility, FacilityGroup, Gateway
+
+T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
+STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
+
+
+class FakeClock:
+    def __init__(self, now: datetime = T0):
+        self.t = now
+
+    def now(self) -> datetime:
+        return self.t
+
+    def advance(self, **kw: float) -> None:
+        self.t += timedelta(**kw)
+
+
+def gateway(gid: str = "gw-1", fg: str = "fg-1", **kw: Any) -> Gateway:
+    base = dict(id=gid, facility_group_id=fg, name=f"Gateway {gid}", topic_id=f"gw-{fg}-{gid}-jobs",
+                subscription_id=f"gw-{fg}-{gid}-jobs-sub", facility_ids=(), active=True, created_at=T0 - timedelta(days=30))
+    base.update(kw)
+    return Gateway(**base)
+
+
+def destination(did: str = "dst-1", fg: str = "fg-1", gateway_id: str = "gw-1", trigger: Optional[str] = "COMPLETED",
+                since: datetime = T0 - timedelta(days=1), **kw: Any) -> Destination:
+    base = dict(id=did, facility_group_id=fg, name=f"VNA {did}", host="192.168.0.31", port=11112,
+                called_ae_title="VNA_SCP", calling_ae_title="GW_SCU", gateway_id=gateway_id,
+                auto_archive=trigger is not None, trigger_status=ExamStatus(trigger) if trigger else None,
+                auto_archive_since=since if trigger else None, support_iocm=True, created_at=since)
+    base.update(kw)
+    return Destination(**base)
+
+
+def exam_event(status: str = "COMPLETED", *, exam_id: str = "exam-1", fg: str = "fg-1", facility: str = "fac-a",
+               first_reached: Optional[datetime] = None, event_time: Optional[datetime] = None,
+               event_id: Optional[str] = None, **exam_kw: Any) -> dict:
+    event_time = event_time or T0
+    exam = {
+        "exam_id": exam_id,
+        "accession_number": "ACC-0001",
+        "status": status,
+        "previous_status": None,
+        "status_first_reached_at": (first_reached or event_time).isoformat(),
+        "study_instance_uid": STUDY_UID,
+        "study_storage_uri": f"gs://platform-studies/{fg}/{STUDY_UID}/",
+        "patient": {"mrn": "MRN-777", "name": "DOE^JANE"},
+    }
+    exam.update(exam_kw)
+    return {
+        "schema_version": "1",
+        "event_type": "exam.status_changed",
+        "event_id": event_id or str(uuid.uuid4()),
+        "event_time": event_time.isoformat(),
+        "facility_group_id": fg,
+        "facility_id": facility,
+        "exam": exam,
+    }
+
+
+def pubsub_envelope(payload: Any, *, raw: Optional[bytes] = None, message_id: str = "m-1") -> dict:
+    data = raw if raw is not None else json.dumps(payload).encode()
+    return {"message": {"data": base64.b64encode(data).decode(), "attributes": {}, "messageId": message_id,
+                        "publishTime": "2026-11-01T08:00:00Z"},
+            "subscription": "projects/p/subscriptions/exam-status"}
+
+
+def cloud_event_headers(topic: str = "archsync-exam-status", project: str = "p", ce_id: str = "ce-1") -> dict:
+    return {"ce-id": ce_id, "ce-specversion": "1.0", "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "ce-source": f"//pubsub.googleapis.com/projects/{project}/topics/{topic}", "Content-Type": "application/json"}
+
+
+@dataclass
+class RecordingBus:
+    """Delegates to a real bus; can fail the first N publishes (to test job/message divergence)."""
+
+    inner: Any
+    fail_first: int = 0
+    published: list = field(default_factory=list)
+
+    def publish(self, topic_id: str, data: bytes, attributes: dict) -> str:
+        from shared.domain.errors import TransientError
+
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            raise TransientError("injected publish failure")
+        mid = self.inner.publish(topic_id, data, attributes)
+        self.published.append((topic_id, json.loads(data), dict(attributes)))
+        return mid
+
+
+def group(fg: str = "fg-1") -> FacilityGroup:
+    return FacilityGroup(fg, f"Group {fg}")
+
+
+def facility(fid: str, fg: str = "fg-1") -> Facility:
+    return Facility(fid, fg, f"Facility {fid}")
+
+
+def load_app(name: str):
+    """A functions-framework test client for functions/<name>/main.py."""
+    from pathlib import Path
+
+    import functions_framework
+
+    source = Path(__file__).resolve().parent.parent / "functions" / name / "main.py"
+    return functions_framework.create_app(target=name, source=str(source)).test_client()
+
+
+RESULT_KEY = b"k" * 32
+
+
+def result_body(job_id: str, state: str, *, attempt: int = 1, time: Optional[datetime] = None, **kw: Any) -> bytes:
+    body = {"schema_version": "1", "job_id": job_id, "attempt": attempt, "state": state,
+            "time": (time or datetime.now(timezone.utc)).isoformat()}
+    body.update(kw)
+    return json.dumps(body).encode()
+
+
+def post_result(client, body: bytes, *, key: bytes = RESULT_KEY, fg: str = "fg-1", gw: str = "gw-1",
+                ts: Optional[int] = None, headers: Optional[dict] = None):
+    import time as _time
+
+    from shared.signing import sign_headers
+
+    h = sign_headers(key, fg, gw, body, int(ts if ts is not None else _time.time()))
+    h.update(headers or {})
+    return client.post("/", data=body, headers=h)
