@@ -59,9 +59,10 @@ class OpCounter:
 
     reads: int = 0
     writes: int = 0
+    refused: int = 0  # conditional writes the server refused (create() of an existing document)
 
     def reset(self) -> None:
-        self.reads = self.writes = 0
+        self.reads = self.writes = self.refused = 0
 
 
 _TRANSIENT = (
@@ -172,9 +173,9 @@ class FirestoreStore:
             with _translated():
                 self._job_ref(job.facility_group_id, job.id).create(codec.job_to_doc(job))
         except gexc.AlreadyExists:
+            self.ops.refused += 1
             return False
-        finally:
-            self.ops.writes += 1
+        self.ops.writes += 1
         return True
 
     def get_job(self, facility_group_id: str, job_id: str) -> Optional[Job]:
@@ -202,9 +203,9 @@ class FirestoreStore:
             with _translated():
                 ref.update({"publish_lease_until": lease_until}, option=self._db.write_option(last_update_time=snap.update_time))
         except (gexc.FailedPrecondition, TransientError):
+            self.ops.refused += 1
             return None
-        finally:
-            self.ops.writes += 1
+        self.ops.writes += 1
         job.publish_lease_until = lease_until
         return job
 

@@ -47,4 +47,4 @@ def validate(name: str, payload: Any) -> None:
                 parts.append(f"{where}: unexpected property")
             else:
                 parts.append(f"{where}: fails '{what}'")
-        raise MalformedInput(f"{name}: " + "; ".join(parts))
+        raise MalformedInput(f"{name}: " + "; ".join(dict.fromkeys(parts)))

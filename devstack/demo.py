@@ -1,0 +1,273 @@
+"""The main job, locally: emulators + functions under functions-framework, a seeded facility group,
+a replayed stream of exam status events delivered by a real Pub/Sub push subscription, simulated
+gateways posting signed results, the sweeper, and a report of what happened.
+
+    python -m devstack.demo            (what ./run demo does)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from devstack import processes
+
+PROJECT = "archsync-demo"
+FG = "fg-north"
+EXAM_TOPIC = "archsync-exam-status"
+DEAD_LETTER_TOPIC = "archsync-dead-letter"
+FUNCTIONS = ("on_exam_status_changed", "on_job_result", "sweep_jobs", "lock_status")
+# Short windows so a job whose gateway never answers times out within the run.
+TIMING = {"ARCHSYNC_DISPATCH_GRACE_SECONDS": "4", "ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS": "2"}
+
+
+def _seed(store, now: datetime) -> dict[str, bytes]:
+    from shared.domain.models import Destination, ExamStatus, Facility, FacilityGroup, Gateway
+
+    store.save_facility_group(FacilityGroup(FG, "North Valley Imaging"))
+    for fid, name in (("fac-main", "Main Hospital"), ("fac-east", "East Clinic"), ("fac-west", "West Clinic")):
+        store.save_facility(Facility(fid, FG, name, send_adt=True))
+    gateways = [
+        Gateway("gw-main", FG, "Main datacenter gateway", "archsync-gw-fg-north-gw-main", "archsync-gw-fg-north-gw-main-sub",
+                created_by="demo", created_at=now),
+        Gateway("gw-east", FG, "East clinic gateway", "archsync-gw-fg-north-gw-east", "archsync-gw-fg-north-gw-east-sub",
+                facility_ids=("fac-east",), created_by="demo", created_at=now),
+    ]
+    for gw in gateways:
+        store.save_gateway(gw)
+    common = dict(facility_group_id=FG, port=11112, calling_ae_title="GW_SCU", created_at=now, auto_archive_since=now)
+    for d in (
+        Destination(id="vna-enterprise", name="Enterprise VNA", host="10.20.0.31", called_ae_title="VNA_ENT",
+                    gateway_id="gw-main", auto_archive=True, trigger_status=ExamStatus.COMPLETED, support_iocm=True,
+                    max_retries=2, retry_timeout_seconds=1, **common),
+        Destination(id="pacs-legacy", name="Legacy PACS archive", host="10.20.0.40", called_ae_title="LEGACY_AR",
+                    gateway_id="gw-main", facility_ids=("fac-main",), auto_archive=True, trigger_status=ExamStatus.PENDING,
+                    max_retries=1, retry_timeout_seconds=1, **common),
+        Destination(id="east-archive", name="East clinic archive", host="192.168.5.10", called_ae_title="EAST_AR",
+                    gateway_id="gw-east", auto_archive=True, trigger_status=ExamStatus.INFLIGHT, max_retries=0,
+                    retry_timeout_seconds=1, **common),
+        Destination(id="vna-retired", name="Retired VNA (inactive)", host="10.20.0.99", called_ae_title="OLD_VNA",
+                    gateway_id="gw-main", auto_archive=True, trigger_status=ExamStatus.COMPLETED, active=False, **common),
+        Destination(id="research-manual", name="Research archive (manual only)", host="10.30.0.5", called_ae_title="RESEARCH",
+                    gateway_id="gw-main", **{**common, "auto_archive_since": None}),
+    ):
+        store.save_destination(d)
+    keys = {gw.id: secrets.token_bytes(32) for gw in gateways}
+    for gw_id, key in keys.items():
+        store.save_result_key(FG, gw_id, key)
+    return keys
+
+
+def _events(now: datetime) -> list[dict]:
+    """A realistic stream: exams through Pending -> Inflight -> Completed at three facilities, a
+    repeat Completed, a duplicate delivery, an exam completed before archiving was configured,
+    and one malformed message."""
+    def event(n: int, exam: str, facility: str, status: str, at: datetime, first: Optional[datetime] = None) -> dict:
+        return {
+            "schema_version": "1", "event_type": "exam.status_changed", "event_id": f"evt-{n:03d}",
+            "event_time": at.isoformat(), "facility_group_id": FG, "facility_id": facility,
+            "exam": {"exam_id": exam, "accession_number": f"ACC{1000 + int(exam[-2:])}", "status": status,
+                     "status_first_reached_at": (first or at).isoformat(),
+                     "study_instance_uid": f"1.2.826.0.1.3680043.8.498.{int(exam[-2:]) + 100}",
+                     "study_storage_uri": f"gs://platform-studies/{FG}/{exam}/",
+                     "patient": {"mrn": f"MRN{5000 + int(exam[-2:])}", "name": "DEMO^PATIENT"}},
+        }
+
+    facilities = ["fac-main", "fac-east", "fac-west"]
+    stream, n, t = [], 0, now + timedelta(seconds=1)
+    for i in range(1, 10):
+        exam, fac = f"exam-{i:02d}", facilities[i % 3]
+        for status in ("SCHEDULED", "PENDING", "INFLIGHT", "COMPLETED"):
+            n += 1
+            stream.append(event(n, exam, fac, status, t))
+            t += timedelta(seconds=1)
+    first_done = {e["exam"]["exam_id"]: e["event_time"] for e in stream if e["exam"]["status"] == "COMPLETED"}
+    # exam-03 is re-opened and completed again: no new archive job (first time only).
+    stream.append(event(n + 1, "exam-03", "fac-west", "INFLIGHT", t, first=now + timedelta(seconds=1)))
+    stream.append(event(n + 2, "exam-03", "fac-west", "COMPLETED", t + timedelta(seconds=1),
+                        first=datetime.fromisoformat(first_done["exam-03"])))
+    # exam-20 was completed before auto archive was configured: no retroactive archiving.
+    stream.append(event(n + 3, "exam-20", "fac-main", "COMPLETED", t, first=now - timedelta(days=2)))
+    stream.append(stream[5])  # a duplicate delivery of an earlier event
+    return stream
+
+
+def _verdict(job: dict) -> Optional[tuple[str, Optional[str]]]:
+    """How the simulated archives answer: exam-05 to the VNA is refused, the east archive never
+    answers for exam-07 (its gateway dies mid-job), everything else succeeds."""
+    exam, dest = job["study"]["exam_id"], job["destination"]["id"]
+    if exam == "exam-05" and dest == "vna-enterprise":
+        return ("FAILED", "Association rejected by VNA_ENT: called AE title not recognized "
+                          "(A-ASSOCIATE-RJ source 1, reason 7) after 3 attempts")
+    if exam == "exam-07" and dest == "east-archive":
+        return None
+    return ("COMPLETED", None)
+
+
+def _http(method: str, url: str) -> Any:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def run(quiet: bool = False, log_dir: Optional[Path] = None) -> dict:
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    log_dir = log_dir or Path(os.environ.get("ARCHSYNC_LOG_DIR", "/tmp/archsync-demo-logs"))
+    started: list[processes.Service] = []
+    saved_env = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")}
+    try:
+        say("Starting the Firestore and Pub/Sub emulators ...")
+        fs, ps = processes.start_firestore(log_dir), processes.start_pubsub(log_dir)
+        started += [fs, ps]
+        os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host})
+        env = {"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "ARCHSYNC_PROJECT_ID": PROJECT,
+               "ARCHSYNC_DEAD_LETTER_TOPIC": DEAD_LETTER_TOPIC, **TIMING}
+        say("Starting the functions under functions-framework ...")
+        fns = {name: processes.start_function(name, env, log_dir) for name in FUNCTIONS}
+        started += fns.values()
+
+        from google.cloud import firestore, pubsub_v1
+
+        from shared.adapters.firestore_store import FirestoreStore
+
+        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        store = FirestoreStore(firestore.Client(project=PROJECT))
+        now = datetime.now(timezone.utc)
+        keys = _seed(store, now)
+
+        def topic(name: str) -> str:
+            path = publisher.topic_path(PROJECT, name)
+            publisher.create_topic(name=path)
+            return path
+
+        dlq = topic(DEAD_LETTER_TOPIC)
+        subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, "dead-letter-audit"), topic=dlq)
+        exam_topic = topic(EXAM_TOPIC)
+        # Push delivery as in production (infra/pubsub.tf): the topic in the path makes the
+        # CloudEvent source complete; a dead-letter policy bounds redelivery of failures.
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(PROJECT, "exam-status-push"), "topic": exam_topic,
+            "push_config": {"push_endpoint": f"http://{fns['on_exam_status_changed'].host}/projects/{PROJECT}/topics/{EXAM_TOPIC}"},
+            "ack_deadline_seconds": 30,
+            "dead_letter_policy": {"dead_letter_topic": dlq, "max_delivery_attempts": 5},
+        })
+        gateways = {}
+        for gw_id, topic_id, sub_id in (("gw-main", "archsync-gw-fg-north-gw-main", "archsync-gw-fg-north-gw-main-sub"),
+                                        ("gw-east", "archsync-gw-fg-north-gw-east", "archsync-gw-fg-north-gw-east-sub")):
+            subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, sub_id), topic=topic(topic_id))
+            gateways[gw_id] = processes_gateway(subscriber, gw_id, sub_id, keys[gw_id], fns["on_job_result"].host)
+        say(f"Seeded facility group {FG}: 3 facilities, 2 gateways, 5 destinations (1 inactive, 1 without auto archive).")
+
+        events = _events(now)
+        say(f"Replaying {len(events)} exam status events and 1 malformed message through Pub/Sub push ...")
+        for e in events:
+            publisher.publish(exam_topic, json.dumps(e).encode()).result()
+        publisher.publish(exam_topic, b'{"schema_version": "1", "event_type": "exam.status_changed"}').result()
+
+        lock_url = f"http://{fns['lock_status'].host}/v1/facility-groups/{FG}/exams/%s/lock"
+        observed_locks: dict[str, dict] = {}
+
+        def on_started(job: dict) -> None:
+            exam = job["study"]["exam_id"]
+            if exam not in observed_locks:
+                observed_locks[exam] = _http("GET", lock_url % exam)
+
+        say("Gateways pulling jobs and reporting results ...")
+        expected_jobs, quiet_rounds, deadline = 9 + 3 + 3, 0, time.monotonic() + 60
+        while time.monotonic() < deadline and quiet_rounds < 10:
+            handled = sum(gw.poll_once(on_started) for gw in gateways.values())
+            done = sum(len(gw.handled) for gw in gateways.values())
+            quiet_rounds = quiet_rounds + 1 if handled == 0 and done >= expected_jobs - 1 else 0
+            time.sleep(0.2)
+
+        say("Waiting for the silent job's result window to pass, then running the sweeper ...")
+        sweep = {}
+        for _ in range(40):
+            sweep = _http("POST", f"http://{fns['sweep_jobs'].host}/")
+            if sweep["timed_out"]:
+                break
+            time.sleep(0.5)
+
+        summary = _summary(store, subscriber, lock_url, observed_locks, sweep)
+        _print(summary, say)
+        return summary
+    finally:
+        for svc in reversed(started):
+            svc.stop()
+        for k, v in saved_env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        say("Stopped all emulators and functions.")
+
+
+def processes_gateway(subscriber, gw_id: str, sub_id: str, key: bytes, result_host: str):
+    from devstack.gateway_sim import SimulatedGateway
+
+    return SimulatedGateway(subscriber, PROJECT, FG, gw_id, sub_id, key, f"http://{result_host}/", _verdict)
+
+
+def _summary(store, subscriber, lock_url: str, observed_locks: dict, sweep: dict) -> dict:
+    db = store._db
+    jobs = [d.to_dict() for d in db.collection("facility_groups").document(FG).collection("jobs").stream()]
+    per_dest: dict[str, Counter] = defaultdict(Counter)
+    for j in jobs:
+        per_dest[j["destination_id"]][j["state"]] += 1
+    exams = sorted({j["exam_id"] for j in jobs})
+    archive = {e: {a.destination_id: a.state.value for a in store.archive_states(FG, e)} for e in exams}
+    locks_now = {e: _http("GET", lock_url % e)["locked"] for e in exams}
+    dl = subscriber.pull(request={"subscription": subscriber.subscription_path(PROJECT, "dead-letter-audit"),
+                                  "max_messages": 10, "return_immediately": True}, timeout=10)
+    return {
+        "jobs": len(jobs),
+        "jobs_per_destination": {d: dict(c) for d, c in sorted(per_dest.items())},
+        "archive_states": archive,
+        "locks_seen_during_jobs": {e: v["locked"] for e, v in sorted(observed_locks.items())},
+        "lock_message": next((v["message"] for v in observed_locks.values() if v["locked"]), None),
+        "locks_held_at_end": sorted(e for e, held in locks_now.items() if held),
+        "failure_reasons": sorted({j["failure_reason"] for j in jobs if j.get("failure_reason")}),
+        "timed_out": sweep.get("timed_out", []),
+        "dead_lettered": [m.message.attributes["reason"] for m in dl.received_messages],
+    }
+
+
+def _print(s: dict, say) -> None:
+    say("\n=== Jobs per destination and state ===")
+    for dest, states in s["jobs_per_destination"].items():
+        say(f"  {dest:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    say(f"  total jobs: {s['jobs']}  (vna-retired is inactive and research-manual has auto archive off: no jobs)")
+    say("\n=== Archive state per exam and destination (no entry = NOT ARCHIVED) ===")
+    for exam, states in s["archive_states"].items():
+        say(f"  {exam}: " + ", ".join(f"{d}={v}" for d, v in sorted(states.items())))
+    say("\n=== Order locks (archive triggered at Pending/Inflight) ===")
+    held = [e for e, v in s["locks_seen_during_jobs"].items() if v]
+    say(f"  held while jobs ran: {', '.join(held) or 'none'}")
+    say(f"  message shown: {s['lock_message']}")
+    say(f"  still held at the end: {', '.join(s['locks_held_at_end']) or 'none (all released)'}")
+    say("\n=== Failures ===")
+    for r in s["failure_reasons"]:
+        say(f"  - {r}")
+    say(f"  timed out by the sweeper (archive state UNKNOWN): {', '.join(s['timed_out']) or 'none'}")
+    say(f"\n=== Dead-lettered messages: {len(s['dead_lettered'])} ===")
+    for r in s["dead_lettered"]:
+        say(f"  - {r}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    args = parser.parse_args(argv)
+    summary = run()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
