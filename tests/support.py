@@ -136,3 +136,23 @@ def post_result(client, body: bytes, *, key: bytes = RESULT_KEY, fg: str = "fg-1
     h = sign_headers(key, fg, gw, body, int(ts if ts is not None else _time.time()))
     h.update(headers or {})
     return client.post("/", data=body, headers=h)
+
+
+def openapi_response_schema(path: str, method: str, status: str = "200") -> dict:
+    """The JSON Schema of one documented response (OpenAPI 3.1 schemas are JSON Schema 2020-12)."""
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parent.parent / "shared/contracts/openapi.yaml").read_text())
+    schema = doc["paths"][path][method]["responses"][status]
+    if "$ref" in schema:
+        schema = doc["components"]["responses"][schema["$ref"].rsplit("/", 1)[-1]]
+    return {**schema["content"]["application/json"]["schema"], "components": doc["components"]}
+
+
+def assert_matches_openapi(body: Any, path: str, method: str, status: str = "200") -> None:
+    import jsonschema
+
+    schema = openapi_response_schema(path, method, status)
+    jsonschema.validate(body, schema, cls=jsonschema.Draft202012Validator)

@@ -13,7 +13,7 @@ from shared import contracts
 from shared.domain.messages import exam_status_changed
 from shared.domain.rules import TimeoutPolicy
 from shared.services.archive_trigger import ArchiveTriggerService
-from tests.support import RESULT_KEY, destination, exam_event, gateway, load_app, post_result, result_body
+from tests.support import RESULT_KEY, assert_matches_openapi, destination, exam_event, gateway, load_app, post_result, result_body
 
 
 @pytest.fixture
@@ -42,6 +42,7 @@ def state(stack, job_id):
 def test_in_progress_then_completed(stack, app, job):
     r = post_result(app, result_body(job, "IN_PROGRESS"))
     assert r.status_code == 200 and r.json == {"outcome": "applied", "job_state": "IN_PROGRESS"}
+    assert_matches_openapi(r.json, "/job-results", "post")
     j, archive, locked = state(stack, job)
     assert j.started_at is not None and archive is None and locked
 
@@ -104,6 +105,7 @@ def test_bad_authentication_is_401_and_writes_nothing(stack, app, job, tamper):
         r = post_result(app, body, gw="gw-unknown")
     assert r.status_code == 401
     assert r.json["error"]["code"] == "unauthorized"
+    assert_matches_openapi(r.json, "/job-results", "post", "401")
     assert state(stack, job)[0].state.value == "QUEUED"
 
 

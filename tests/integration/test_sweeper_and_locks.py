@@ -11,8 +11,9 @@ from shared.domain.models import LOCK_MESSAGE
 from shared.domain.rules import TimeoutPolicy
 from shared.services.archive_trigger import ArchiveTriggerService
 from shared.services.sweeper import SweepService
-from tests.support import RESULT_KEY, T0, destination, exam_event, gateway, load_app, post_result, result_body
+from tests.support import RESULT_KEY, assert_matches_openapi, T0, destination, exam_event, gateway, load_app, post_result, result_body
 
+LOCK_PATH = "/v1/facility-groups/{facility_group_id}/exams/{exam_id}/lock"
 POLICY = TimeoutPolicy(dispatch_grace_seconds=600, attempt_allowance_seconds=300)
 
 
@@ -101,6 +102,7 @@ def test_sweep_endpoint(world, function_env, monkeypatch):
     assert app.get("/").status_code == 405
     r = app.post("/")
     assert r.status_code == 200 and r.json == {"timed_out": [], "republished": [], "errors": 0}
+    assert_matches_openapi(r.json, "/sweeps", "post")
 
 
 # -- lock status ----------------------------------------------------------------------------
@@ -119,11 +121,14 @@ def test_lock_status_endpoint_held_then_released(world, function_env):
     assert [j["job_id"] for j in r.json["jobs"]] == [out.job_id]
     assert r.json["jobs"][0]["destination_id"] == "dst-p" and r.json["jobs"][0]["trigger_status"] == "PENDING"
     assert set(r.json["blocked_actions"]) == {"DICOM_SEND", "EXAM_SHARING", "REPORTING_AND_DICTATION", "METADATA_CHANGES"}
+    assert_matches_openapi(r.json, LOCK_PATH, "get")
 
     post_result(results, result_body(out.job_id, "IN_PROGRESS"))
     assert lock.get("/v1/facility-groups/fg-1/exams/exam-1/lock").json["locked"] is True
     post_result(results, result_body(out.job_id, "FAILED", reason="C-STORE status 0xA700 (out of resources)"))
-    assert lock.get("/v1/facility-groups/fg-1/exams/exam-1/lock").json["locked"] is False
+    r = lock.get("/v1/facility-groups/fg-1/exams/exam-1/lock")
+    assert r.json["locked"] is False
+    assert_matches_openapi(r.json, LOCK_PATH, "get")
 
 
 def test_lock_is_per_exam_and_per_group(world, function_env):
@@ -139,7 +144,8 @@ def test_lock_is_per_exam_and_per_group(world, function_env):
                                   "/v1/facility-groups/__x__/exams/e/lock"])
 def test_lock_status_bad_path_is_400(function_env, path):
     r = load_app("lock_status").get(path)
-    assert r.status_code == 400 and "error" in r.json
+    assert r.status_code == 400
+    assert_matches_openapi(r.json, LOCK_PATH, "get", "400")
 
 
 def test_lock_status_wrong_method(function_env):

@@ -1,0 +1,79 @@
+"""Offline consistency of infra/ with the code: formatting, functions, settings, topics, indexes."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from shared.adapters.firestore_store import COMPOSITE_INDEXES
+from shared.settings import ENV_VARS, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+
+
+def _unquote(v):
+    return v.strip('"') if isinstance(v, str) else v
+
+
+def _resources(kind: str) -> dict:
+    out = {}
+    for tf in INFRA.glob("*.tf"):
+        for block in hcl2.load(tf.open()).get("resource", []):
+            for k, body in block.items():
+                if _unquote(k) == kind:
+                    for name, attrs in body.items():
+                        out[_unquote(name)] = attrs
+    return out
+
+
+def _locals() -> dict:
+    merged = {}
+    for tf in INFRA.glob("*.tf"):
+        for block in hcl2.load(tf.open()).get("locals", []):
+            merged.update(block)
+    return merged
+
+
+def test_terraform_fmt(tmp_path):
+    rc = tmp_path / "tfrc"
+    rc.write_text("disable_checkpoint = true\n")
+    out = subprocess.run(["terraform", "fmt", "-check", "-recursive", str(INFRA)], capture_output=True, text=True,
+                         env={**os.environ, "TF_CLI_CONFIG_FILE": str(rc)})
+    assert out.returncode == 0, f"terraform fmt would change: {out.stdout}{out.stderr}"
+
+
+def test_every_function_is_declared_with_its_entry_point():
+    declared = _locals()["functions"]
+    on_disk = sorted(p.parent.name for p in (REPO / "functions").glob("*/main.py"))
+    assert sorted(declared) == on_disk
+    [fn] = _resources("google_cloudfunctions2_function").values()
+    assert "each.key" in str(fn["build_config"])  # entry_point = the directory name
+    for name in on_disk:
+        assert f"def {name}(" in (REPO / "functions" / name / "main.py").read_text()
+
+
+def test_function_environment_matches_settings():
+    env = _locals()["function_env"]
+    assert set(env) == set(ENV_VARS)
+
+
+def test_topics_the_code_names_are_declared():
+    topics = {_unquote(_locals()[k]) for k in ("exam_status_topic", "dead_letter_topic")}
+    assert Settings(project_id="x").dead_letter_topic in topics
+    assert "archsync-exam-status" in topics
+    sub = _resources("google_pubsub_subscription")["exam_status_to_function"]
+    assert "dead_letter_policy" in sub and "push_config" in sub
+
+
+@pytest.mark.parametrize("collection,scope,fields", COMPOSITE_INDEXES)
+def test_composite_indexes_are_declared(collection, scope, fields):
+    declared = [
+        (_unquote(r["collection"]), _unquote(r["query_scope"]),
+         tuple((_unquote(f["field_path"]), _unquote(f["order"])) for f in r["fields"]))
+        for r in _resources("google_firestore_index").values()
+    ]
+    assert (collection, scope, tuple(fields)) in declared
