@@ -56,3 +56,22 @@ resource "google_firestore_index" "jobs_published_state_publish_lease_until" {
     order      = "ASCENDING"
   }
 }
+
+# FirestoreAdminStore.stale_logs (shared/adapters/firestore_admin.py): gateway provisioning logs
+# with state IN (unfinished states) AND lease_until <= now ORDER BY lease_until, which sweep_jobs
+# finishes (Provisioner.finish_stale).
+resource "google_firestore_index" "provisioning_state_lease_until" {
+  project     = var.project_id
+  database    = google_firestore_database.default.name
+  collection  = "provisioning"
+  query_scope = "COLLECTION_GROUP"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "lease_until"
+    order      = "ASCENDING"
+  }
+}

@@ -1,8 +1,18 @@
-# The four Cloud Functions (2nd gen), their deploy bundles and the Artifact Registry repository
+# The five Cloud Functions (2nd gen), their deploy bundles and the Artifact Registry repository
 # their images are built into. Who may invoke each function is declared in iam.tf.
 
 locals {
+  # Project-wide roles of the functions that provision gateways (provisions_gateways = true; see
+  # iam.tf for why these are granted on the project and what else they get).
+  gateway_provisioning_project_roles = [
+    "roles/iam.serviceAccountAdmin",    # create/delete the gateway service accounts
+    "roles/iam.serviceAccountKeyAdmin", # create/delete their JSON keys
+    "roles/pubsub.admin",               # gateway topics, subscriptions and subscription IAM policies
+  ]
+
   # One entry per directory functions/<name>/; <name> is also the entry point.
+  # provisions_gateways: creates or removes gateway resources (Pub/Sub, service accounts, keys,
+  # bucket IAM): gets local.gateway_provisioning_project_roles and the bucket grants in iam.tf.
   functions = {
     on_exam_status_changed = {
       description     = "Exam status events from the platform (Pub/Sub push) -> archive jobs."
@@ -11,30 +21,47 @@ locals {
       max_instances   = var.max_instance_count
       # pubsub.publisher: job messages to gateway topics and malformed events to the dead-letter
       # topic (see iam.tf for why this is project-wide).
-      project_roles = ["roles/datastore.user", "roles/pubsub.publisher"]
+      project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
+      provisions_gateways = false
     }
     on_job_result = {
       description     = "Result Endpoint: gateways POST HMAC-signed job results."
       account_id      = "archsync-job-result"
       timeout_seconds = 60
       max_instances   = var.max_instance_count
-      project_roles   = ["roles/datastore.user"]
+      # Also reads Result Endpoint keys from the key bucket (conditional grant in iam.tf).
+      project_roles       = ["roles/datastore.user"]
+      provisions_gateways = false
     }
     sweep_jobs = {
-      description     = "Times out overdue jobs and republishes unpublished ones (Cloud Scheduler)."
+      description     = "Times out overdue jobs, republishes unpublished ones and finishes abandoned gateway provisioning (Cloud Scheduler)."
       account_id      = "archsync-sweep-jobs"
       timeout_seconds = 300
       # One sweep at a time is enough; concurrent sweeps would be safe (conditional writes) but
       # only duplicate the work.
       max_instances = 1
       project_roles = ["roles/datastore.user", "roles/pubsub.publisher"]
+      # Rolls back gateway creations and completes deletions whose admin_api call died half-way
+      # (Provisioner.finish_stale), so it needs the same rights as admin_api.
+      provisions_gateways = true
     }
     lock_status = {
-      description     = "Exam lock status for the platform (IAM-authenticated)."
-      account_id      = "archsync-lock-status"
-      timeout_seconds = 60
-      max_instances   = var.max_instance_count
-      project_roles   = ["roles/datastore.user"]
+      description         = "Exam lock status for the platform (IAM-authenticated)."
+      account_id          = "archsync-lock-status"
+      timeout_seconds     = 60
+      max_instances       = var.max_instance_count
+      project_roles       = ["roles/datastore.user"]
+      provisions_gateways = false
+    }
+    admin_api = {
+      description = "Admin API of the platform's UI (gateways, destinations, keys); end-user JWT auth."
+      account_id  = "archsync-admin-api"
+      # Provisioning a gateway is ~10 sequential IAM/Pub/Sub/Storage calls; must stay below
+      # var.provisioning_lease_seconds (checked by the precondition below).
+      timeout_seconds     = 120
+      max_instances       = var.max_instance_count
+      project_roles       = ["roles/datastore.user"]
+      provisions_gateways = true
     }
   }
 
@@ -49,6 +76,14 @@ locals {
     ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS = tostring(var.signature_max_skew_seconds)
     ARCHSYNC_PUBLISH_LEASE_SECONDS      = tostring(var.publish_lease_seconds)
     ARCHSYNC_SWEEP_BATCH_SIZE           = tostring(var.sweep_batch_size)
+    ARCHSYNC_KEY_BUCKET                 = google_storage_bucket.keys.name
+    ARCHSYNC_OBJECTS_BUCKET             = google_storage_bucket.generated.name
+    ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC  = google_pubsub_topic.gateway_dead_letter.name
+    ARCHSYNC_PUBSUB_SERVICE_AGENT       = local.pubsub_service_agent_email
+    ARCHSYNC_PROVISIONING_LEASE_SECONDS = tostring(var.provisioning_lease_seconds)
+    ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS      = var.admin_jwt_public_keys_pem
+    ARCHSYNC_ADMIN_JWT_AUDIENCE         = var.admin_jwt_audience
+    ARCHSYNC_ADMIN_JWT_ISSUER           = var.admin_jwt_issuer
   }
 
   bundles_dir = coalesce(var.bundles_dir, "${path.module}/../build/bundles")
@@ -109,6 +144,15 @@ resource "google_cloudfunctions2_function" "function" {
     ingress_settings = "ALLOW_ALL"
   }
 
+  lifecycle {
+    # A live admin_api call must never be overtaken by the sweeper taking over its provisioning
+    # log (shared/services/provisioning.py, ProvisioningSettings.lease_seconds).
+    precondition {
+      condition     = var.provisioning_lease_seconds > local.functions.admin_api.timeout_seconds
+      error_message = "provisioning_lease_seconds must exceed the admin_api function's timeout_seconds."
+    }
+  }
+
   depends_on = [
     google_project_service.enabled,
     google_project_iam_member.function,
@@ -116,6 +160,9 @@ resource "google_cloudfunctions2_function" "function" {
     google_project_iam_member.build_sources,
     google_artifact_registry_repository_iam_member.build_writer,
     google_storage_bucket_iam_member.build_source_reader,
+    google_storage_bucket_iam_member.key_bucket_provisioner,
+    google_storage_bucket_iam_member.key_bucket_result_key_reader,
+    google_storage_bucket_iam_member.objects_bucket_iam_admin,
   ]
 }
 

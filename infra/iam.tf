@@ -1,6 +1,7 @@
-# Service accounts and IAM: one runtime identity per function with only the roles it uses, the
-# identities that invoke functions (Pub/Sub push, Cloud Scheduler), the build identity, who may
-# invoke each function, and the grants Pub/Sub's service agent needs.
+# Service accounts and IAM: one runtime identity per function with only the roles it uses (on the
+# project, the key bucket and the generated-objects bucket), the identities that invoke functions
+# (Pub/Sub push, Cloud Scheduler), the build identity, who may invoke each function, and the
+# grants Pub/Sub's service agent needs.
 
 # --- Runtime identities of the functions --------------------------------------------------------
 
@@ -14,21 +15,89 @@ resource "google_service_account" "function" {
   depends_on = [google_project_service.enabled]
 }
 
-# Project-wide grants, per local.functions[*].project_roles:
+locals {
+  # Functions that create or remove gateway resources: admin_api, and sweep_jobs, which finishes
+  # (rolls back / completes) gateway operations whose admin_api call died half-way.
+  gateway_provisioners = toset([for name, fn in local.functions : name if fn.provisions_gateways])
+}
+
+# Project-wide grants, per local.functions[*].project_roles, plus
+# local.gateway_provisioning_project_roles for the gateway provisioners:
 # - roles/datastore.user (all): read/write Firestore documents.
 # - roles/pubsub.publisher (on_exam_status_changed, sweep_jobs): job messages go to per-gateway
 #   topics that are created at runtime, outside this configuration, so there is no topic to
 #   grant on here; the same grant covers the dead-letter topic.
+# - roles/iam.serviceAccountAdmin, roles/iam.serviceAccountKeyAdmin (provisioners): each gateway
+#   gets a service account archsync-gw-<hex> and a JSON key, created and deleted at runtime.
+#   Creating a service account is a project permission, and the accounts do not exist when this
+#   configuration is applied, so there is nothing narrower to grant on. Both roles reach every
+#   service account of the project (the functions' own included): keep this project to this
+#   deployment and these grants to the two provisioners.
+# - roles/pubsub.admin (provisioners): gateway topics and subscriptions are created at runtime
+#   (topic/subscription creation is a project permission) and the provisioner sets each new
+#   subscription's IAM policy; no predefined narrower role has create + setIamPolicy.
 resource "google_project_iam_member" "function" {
   for_each = merge([
     for name, fn in local.functions : {
-      for role in fn.project_roles : "${name} ${role}" => { name = name, role = role }
+      for role in concat(fn.project_roles, fn.provisions_gateways ? local.gateway_provisioning_project_roles : []) :
+      "${name} ${role}" => { name = name, role = role }
     }
   ]...)
 
   project = var.project_id
   role    = each.value.role
   member  = google_service_account.function[each.value.name].member
+}
+
+# --- Buckets -------------------------------------------------------------------------------------
+
+# Provisioners store, rotate and delete gateway service-account keys and Result Endpoint keys in
+# the key bucket; admin_api also reads them back for download. This bucket only.
+resource "google_storage_bucket_iam_member" "key_bucket_provisioner" {
+  for_each = local.gateway_provisioners
+
+  bucket = google_storage_bucket.keys.name
+  role   = "roles/storage.objectAdmin"
+  member = google_service_account.function[each.key].member
+}
+
+# on_job_result verifies result signatures with the gateway's Result Endpoint key: read access to
+# objects <fg>/<gateway>/result-endpoint-key only, never the service-account keys (nor listing).
+resource "google_storage_bucket_iam_member" "key_bucket_result_key_reader" {
+  bucket = google_storage_bucket.keys.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.function["on_job_result"].member
+
+  condition {
+    title       = "result endpoint keys only"
+    description = "Objects named by shared/adapters/gcs.py result_key_object."
+    expression  = "resource.name.endsWith(\"/result-endpoint-key\")"
+  }
+}
+
+# Just enough to read-modify-write a bucket's IAM policy (shared/adapters/gcs.py BucketIam);
+# narrower than roles/storage.admin, which would also give all object access.
+resource "google_project_iam_custom_role" "bucket_iam_admin" {
+  role_id     = "archsyncBucketIamAdmin"
+  title       = "archsync bucket IAM admin"
+  description = "Get and set the IAM policy of a bucket (granted on the generated-objects bucket only)."
+  permissions = [
+    "storage.buckets.get",
+    "storage.buckets.getIamPolicy",
+    "storage.buckets.setIamPolicy",
+  ]
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Provisioners add and remove each gateway's conditional objectViewer binding (prefix
+# gateways/<id>/) on the generated-objects bucket. Bound on that bucket only.
+resource "google_storage_bucket_iam_member" "objects_bucket_iam_admin" {
+  for_each = local.gateway_provisioners
+
+  bucket = google_storage_bucket.generated.name
+  role   = google_project_iam_custom_role.bucket_iam_admin.id
+  member = google_service_account.function[each.key].member
 }
 
 # --- Who may invoke which function --------------------------------------------------------------
@@ -85,6 +154,23 @@ resource "google_cloud_run_v2_service_iam_member" "result_endpoint_public" {
   member   = "allUsers"
 }
 
+# The admin API is called by the platform's UI on behalf of end users, who are not Google
+# identities: every request carries the user's JWT from the platform's IdP, which the function
+# verifies itself (shared/auth.py: signature against ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS, expiry,
+# issuer, audience) before anything else; the token's facility groups bound what the caller sees.
+# Public by default; behind an API gateway, var.admin_invoker_members names the gateway's
+# service account instead. A separate resource so the checkov skip covers this grant only.
+resource "google_cloud_run_v2_service_iam_member" "admin_api_invoker" {
+  # checkov:skip=CKV_GCP_102:Public by default by design; requests are authenticated by the end user's JWT in the function.
+  for_each = toset(var.admin_invoker_members)
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.function["admin_api"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
 # --- Pub/Sub ------------------------------------------------------------------------------------
 
 # Dead-lettering: Pub/Sub's service agent republishes undeliverable messages to the dead-letter
@@ -95,6 +181,16 @@ resource "google_pubsub_topic_iam_member" "dead_letter_pubsub_agent" {
   member = local.pubsub_service_agent
 }
 
+# The same for the gateway job subscriptions: the agent publishes what no gateway acked to the
+# gateway dead-letter topic. Its subscriber binding on each gateway subscription is added at
+# runtime by the provisioning code (ARCHSYNC_PUBSUB_SERVICE_AGENT).
+resource "google_pubsub_topic_iam_member" "gateway_dead_letter_pubsub_agent" {
+  topic  = google_pubsub_topic.gateway_dead_letter.id
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_service_agent
+}
+
+# Acking dead-lettered messages on the exam-status push subscription.
 resource "google_pubsub_subscription_iam_member" "exam_status_pubsub_agent" {
   subscription = google_pubsub_subscription.exam_status_to_function.id
   role         = "roles/pubsub.subscriber"

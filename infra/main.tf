@@ -21,9 +21,11 @@ data "google_project" "this" {
 }
 
 locals {
-  # Pub/Sub's service agent: forwards undeliverable messages to the dead-letter topic and mints
-  # the OIDC tokens of push subscriptions.
-  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  # Pub/Sub's service agent: forwards undeliverable messages to the dead-letter topics and mints
+  # the OIDC tokens of push subscriptions. The bare email is ARCHSYNC_PUBSUB_SERVICE_AGENT: the
+  # provisioning code makes it a subscriber of each gateway subscription it creates.
+  pubsub_service_agent_email = "service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  pubsub_service_agent       = "serviceAccount:${local.pubsub_service_agent_email}"
 }
 
 resource "google_project_service" "enabled" {

@@ -1,5 +1,5 @@
-# Outputs: function URLs (the Result Endpoint URL is what gateways are configured with), topic,
-# subscription and bucket names, service accounts.
+# Outputs: function URLs (the Result Endpoint URL is what gateways are configured with, the admin
+# API URL what the platform's UI calls), topic, subscription and bucket names, service accounts.
 
 output "function_urls" {
   description = "HTTPS URL of each function (Cloud Run service URL), by function name."
@@ -14,6 +14,11 @@ output "result_endpoint_url" {
 output "lock_status_url" {
   description = "Base URL of lock_status; the platform calls GET <url>/v1/facility-groups/{fg}/exams/{exam}/lock."
   value       = google_cloudfunctions2_function.function["lock_status"].service_config[0].uri
+}
+
+output "admin_api_url" {
+  description = "Base URL of the admin API (admin_api) the platform's UI calls with end-user JWTs."
+  value       = google_cloudfunctions2_function.function["admin_api"].service_config[0].uri
 }
 
 output "exam_status_topic" {
@@ -36,6 +41,16 @@ output "exam_status_push_subscription" {
   value       = google_pubsub_subscription.exam_status_to_function.name
 }
 
+output "gateway_dead_letter_topic" {
+  description = "Dead-letter topic of the gateway job subscriptions (ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC)."
+  value       = google_pubsub_topic.gateway_dead_letter.name
+}
+
+output "gateway_dead_letter_audit_subscription" {
+  description = "Pull subscription operators read dead-lettered gateway job messages from."
+  value       = google_pubsub_subscription.gateway_dead_letter_audit.name
+}
+
 output "functions_source_bucket" {
   description = "Bucket holding the function deploy bundles."
   value       = local.functions_source_bucket
@@ -44,6 +59,11 @@ output "functions_source_bucket" {
 output "generated_objects_bucket" {
   description = "Bucket for generated objects."
   value       = google_storage_bucket.generated.name
+}
+
+output "key_bucket" {
+  description = "Private bucket of gateway service-account keys and Result Endpoint keys (ARCHSYNC_KEY_BUCKET)."
+  value       = google_storage_bucket.keys.name
 }
 
 output "function_service_accounts" {

@@ -1,14 +1,18 @@
 # Pub/Sub: the inbound exam-status topic and its push subscription to on_exam_status_changed,
-# and the dead-letter topic with a pull subscription for operators.
+# the dead-letter topic with a pull subscription for operators, and the dead-letter topic of the
+# gateway job subscriptions with its own pull subscription.
 #
-# Gateway job topics are not declared here: they are created per gateway at runtime.
+# Gateway job topics and subscriptions are not declared here: admin_api creates them per gateway
+# at runtime (gateway-pubsub-<id>, gateway-pubsub-<id>-sub; shared/domain/provisioning.py).
 
 locals {
   exam_status_topic = "archsync-exam-status"
   # Must equal Settings.dead_letter_topic in shared/settings.py (also passed explicitly to the
   # functions as ARCHSYNC_DEAD_LETTER_TOPIC).
   dead_letter_topic = "archsync-dead-letter"
-  seven_days        = "604800s"
+  # Must equal Settings.gateway_dead_letter_topic (also passed as ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC).
+  gateway_dead_letter_topic = "archsync-gateway-dead-letter"
+  seven_days                = "604800s"
 }
 
 # The platform publishes exam status events here.
@@ -36,6 +40,28 @@ resource "google_pubsub_subscription" "dead_letter_audit" {
 
   # An unused subscription expires after 31 days by default; this one is read only when
   # something goes wrong, so it must never expire.
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# Job messages no gateway acked within max_delivery_attempts: the dead-letter policy of every
+# gateway subscription the provisioning code creates points here.
+resource "google_pubsub_topic" "gateway_dead_letter" {
+  name = local.gateway_dead_letter_topic
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Operators pull (and ack) dead-lettered gateway jobs from here; the sweep times the jobs out
+# either way. Without a subscription the dead-lettered messages would be dropped unseen.
+resource "google_pubsub_subscription" "gateway_dead_letter_audit" {
+  name                       = "archsync-gateway-dead-letter-audit"
+  topic                      = google_pubsub_topic.gateway_dead_letter.id
+  ack_deadline_seconds       = 60
+  message_retention_duration = local.seven_days
+
+  # Never expires (see dead_letter_audit).
   expiration_policy {
     ttl = ""
   }

@@ -4,7 +4,7 @@
 resource "google_cloud_scheduler_job" "sweep_jobs" {
   name        = "archsync-sweep-jobs"
   region      = var.region
-  description = "Times out overdue archive jobs and republishes unpublished ones."
+  description = "Times out overdue archive jobs, republishes unpublished ones, finishes abandoned gateway provisioning."
   schedule    = var.sweep_schedule
   time_zone   = "Etc/UTC"
   # Wait as long as the function may run.

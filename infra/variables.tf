@@ -121,3 +121,45 @@ variable "generated_objects_retention_days" {
     error_message = "generated_objects_retention_days must be at least 1."
   }
 }
+
+variable "provisioning_lease_seconds" {
+  description = "ARCHSYNC_PROVISIONING_LEASE_SECONDS: lease on a gateway provisioning log; when it runs out, sweep_jobs finishes (rolls back) the operation. Must exceed the admin_api function's timeout."
+  type        = number
+  default     = 300
+}
+
+variable "admin_invoker_members" {
+  description = "IAM members allowed to invoke the admin_api function. Callers are authenticated by the end user's JWT, verified in the function, so the default is [\"allUsers\"]; a deployment behind an API gateway should set the gateway's service account instead (\"serviceAccount:...\")."
+  type        = list(string)
+  default     = ["allUsers"]
+}
+
+variable "admin_jwt_public_keys_pem" {
+  description = "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS: PEM public key(s) (\"-----BEGIN PUBLIC KEY-----\", RS256 or ES256) of the platform's identity provider that signs the admin API's JWTs; several keys concatenated during a rotation."
+  type        = string
+
+  validation {
+    condition     = strcontains(var.admin_jwt_public_keys_pem, "-----BEGIN PUBLIC KEY-----")
+    error_message = "admin_jwt_public_keys_pem must hold at least one PEM public key (-----BEGIN PUBLIC KEY-----)."
+  }
+}
+
+variable "admin_jwt_audience" {
+  description = "ARCHSYNC_ADMIN_JWT_AUDIENCE: required `aud` of the admin API's JWTs."
+  type        = string
+
+  validation {
+    condition     = var.admin_jwt_audience != ""
+    error_message = "admin_jwt_audience must not be empty."
+  }
+}
+
+variable "admin_jwt_issuer" {
+  description = "ARCHSYNC_ADMIN_JWT_ISSUER: required `iss` of the admin API's JWTs (the platform's identity provider)."
+  type        = string
+
+  validation {
+    condition     = var.admin_jwt_issuer != ""
+    error_message = "admin_jwt_issuer must not be empty."
+  }
+}

@@ -34,4 +34,5 @@ def guarded(handler: Callable[[], tuple[str, int, dict[str, str]]], function_nam
         return error(409, "conflict", str(e))
     except TransientError as e:
         logs.warning("transient failure", function=function_name, why=str(e))
-        return error(503, "unavailable", "temporarily unavailable, retry later")
+        # Transient errors name a step or a service, never patient data or key material.
+        return error(503, "unavailable", f"{e} (temporarily unavailable, retry later)")

@@ -52,7 +52,9 @@ class JobStore(Protocol):
 class SecretStore(Protocol):
     """Per-gateway Result Endpoint secure keys. Never logged, never returned by the admin API."""
 
-    def result_key(self, facility_group_id: str, gateway_id: str) -> Optional[bytes]: ...
+    def result_key(self, facility_group_id: str, gateway_id: str, *, fresh: bool = False) -> Optional[bytes]:
+        """The key; may be cached briefly unless ``fresh``."""
+        ...
     def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None: ...
 
 

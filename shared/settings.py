@@ -17,6 +17,19 @@ class Settings:
     signature_max_skew_seconds: int = 300
     publish_lease_seconds: int = 60
     sweep_batch_size: int = 200
+    # Admin API and provisioning (issue 3)
+    key_bucket: str = ""  # private bucket: service-account keys and Result Endpoint keys
+    objects_bucket: str = ""  # generated objects gateways read (their own prefix only)
+    gateway_dead_letter_topic: str = "archsync-gateway-dead-letter"
+    pubsub_service_agent: str = ""  # service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com
+    provisioning_lease_seconds: int = 300
+    admin_jwt_public_keys: tuple[str, ...] = ()
+    admin_jwt_audience: str = ""
+    admin_jwt_issuer: str = ""
+    # Local stand-ins only (no emulator exists for IAM): host:port of a gRPC server speaking the
+    # IAM Admin and IAMPolicy APIs, and the base URL of a bucket-IAM stand-in.
+    iam_emulator_host: str = ""
+    storage_iam_emulator_host: str = ""
 
     @property
     def timeout_policy(self) -> TimeoutPolicy:
@@ -40,7 +53,23 @@ class Settings:
             signature_max_skew_seconds=num("ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS", cls.signature_max_skew_seconds),
             publish_lease_seconds=num("ARCHSYNC_PUBLISH_LEASE_SECONDS", cls.publish_lease_seconds),
             sweep_batch_size=num("ARCHSYNC_SWEEP_BATCH_SIZE", cls.sweep_batch_size),
+            key_bucket=env.get("ARCHSYNC_KEY_BUCKET", ""),
+            objects_bucket=env.get("ARCHSYNC_OBJECTS_BUCKET", ""),
+            gateway_dead_letter_topic=env.get("ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC", cls.gateway_dead_letter_topic),
+            pubsub_service_agent=env.get("ARCHSYNC_PUBSUB_SERVICE_AGENT", ""),
+            provisioning_lease_seconds=num("ARCHSYNC_PROVISIONING_LEASE_SECONDS", cls.provisioning_lease_seconds),
+            admin_jwt_public_keys=_pems(env.get("ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS", "")),
+            admin_jwt_audience=env.get("ARCHSYNC_ADMIN_JWT_AUDIENCE", ""),
+            admin_jwt_issuer=env.get("ARCHSYNC_ADMIN_JWT_ISSUER", ""),
+            iam_emulator_host=env.get("ARCHSYNC_IAM_EMULATOR_HOST", ""),
+            storage_iam_emulator_host=env.get("ARCHSYNC_STORAGE_IAM_EMULATOR_HOST", ""),
         )
+
+
+def _pems(text: str) -> tuple[str, ...]:
+    """One or more PEM public keys, concatenated (several during a key rotation)."""
+    end = "-----END PUBLIC KEY-----"
+    return tuple(part.strip() + "\n" + end + "\n" for part in text.split(end) if part.strip())
 
 
 # Every environment variable ``Settings.from_env`` reads (the infra consistency test uses it).
@@ -53,4 +82,14 @@ ENV_VARS = (
     "ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS",
     "ARCHSYNC_PUBLISH_LEASE_SECONDS",
     "ARCHSYNC_SWEEP_BATCH_SIZE",
+    "ARCHSYNC_KEY_BUCKET",
+    "ARCHSYNC_OBJECTS_BUCKET",
+    "ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC",
+    "ARCHSYNC_PUBSUB_SERVICE_AGENT",
+    "ARCHSYNC_PROVISIONING_LEASE_SECONDS",
+    "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS",
+    "ARCHSYNC_ADMIN_JWT_AUDIENCE",
+    "ARCHSYNC_ADMIN_JWT_ISSUER",
 )
+# Read by Settings.from_env but only ever set locally: never declared in infra/.
+LOCAL_ONLY_ENV_VARS = ("ARCHSYNC_IAM_EMULATOR_HOST", "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST")

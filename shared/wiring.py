@@ -12,9 +12,9 @@ from .settings import Settings
 def firestore_store(settings: Settings):
     from google.cloud import firestore
 
-    from .adapters.firestore_store import FirestoreStore
+    from .adapters.firestore_admin import FirestoreAdminStore
 
-    return FirestoreStore(firestore.Client(project=settings.project_id, database=settings.firestore_database))
+    return FirestoreAdminStore(firestore.Client(project=settings.project_id, database=settings.firestore_database))
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,3 +34,91 @@ def dead_letter(settings: Settings, function_name: str):
     from .services.dead_letter import DeadLetter
 
     return DeadLetter(pubsub_bus(settings), settings.dead_letter_topic, function_name)
+
+
+# -- admin API, provisioning and keys (issue 3) ------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def key_vault(settings: Settings):
+    from .adapters.gcs import KeyVault
+
+    if not settings.key_bucket:
+        raise RuntimeError("ARCHSYNC_KEY_BUCKET is not set")
+    return KeyVault(settings.key_bucket)
+
+
+def secret_store(settings: Settings):
+    from .adapters.gcs import VaultSecrets
+
+    return VaultSecrets(key_vault(settings))
+
+
+def _standin_channel(host: str):
+    import grpc
+
+    return grpc.insecure_channel(host)
+
+
+@functools.lru_cache(maxsize=4)
+def iam_admin(settings: Settings):
+    from .adapters.iam_admin import IamAdmin
+
+    client = None
+    if settings.iam_emulator_host:
+        from google.cloud import iam_admin_v1
+        from google.cloud.iam_admin_v1.services.iam.transports import IAMGrpcTransport
+
+        client = iam_admin_v1.IAMClient(transport=IAMGrpcTransport(channel=_standin_channel(settings.iam_emulator_host)))
+    return IamAdmin(settings.project_id, client)
+
+
+@functools.lru_cache(maxsize=4)
+def pubsub_admin(settings: Settings):
+    from .adapters.pubsub_admin import PubSubAdmin
+
+    policy_client = None
+    if settings.iam_emulator_host:  # the Pub/Sub emulator has no IAM: policies go to the stand-in
+        from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+        policy_client = pubsub_v1.SubscriberClient(
+            transport=SubscriberGrpcTransport(channel=_standin_channel(settings.iam_emulator_host)))
+    return PubSubAdmin(settings.project_id, policy_client=policy_client)
+
+
+@functools.lru_cache(maxsize=4)
+def bucket_iam(settings: Settings):
+    from .adapters.gcs import BucketIam
+
+    client = None
+    if settings.storage_iam_emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        client = storage.Client(project=settings.project_id, credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": settings.storage_iam_emulator_host})
+    return BucketIam(client)
+
+
+def provisioner(settings: Settings):
+    from .services.provisioning import Cloud, Provisioner, ProvisioningSettings
+
+    if not settings.objects_bucket:
+        raise RuntimeError("ARCHSYNC_OBJECTS_BUCKET is not set")
+    cloud = Cloud(pubsub_admin(settings), iam_admin(settings), bucket_iam(settings), key_vault(settings))
+    return Provisioner(firestore_store(settings), cloud, SystemClock(), ProvisioningSettings(
+        objects_bucket=settings.objects_bucket, gateway_dead_letter_topic=settings.gateway_dead_letter_topic,
+        pubsub_service_agent=settings.pubsub_service_agent, lease_seconds=settings.provisioning_lease_seconds))
+
+
+def admin_service(settings: Settings):
+    from .services.admin import AdminService
+
+    return AdminService(firestore_store(settings), provisioner(settings), key_vault(settings), iam_admin(settings),
+                        SystemClock())
+
+
+@functools.lru_cache(maxsize=4)
+def jwt_verifier(settings: Settings):
+    from .auth import JwtVerifier
+
+    return JwtVerifier(settings.admin_jwt_public_keys, settings.admin_jwt_audience, settings.admin_jwt_issuer)

@@ -16,19 +16,31 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devstack import processes  # noqa: E402
-from tests.support import FakeClock, RecordingBus, T0  # noqa: E402
+from tests.support import AdminAuth, FakeClock, RecordingBus, T0  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def emulators(tmp_path_factory) -> Iterator[dict]:
+    """Firestore and Pub/Sub emulators, fake-gcs-server, and the IAM and bucket-IAM stand-ins."""
+    from devstack.gcs import BucketIamStandIn, emulator_url, start_gcs
+    from devstack.iam_standin import IamStandIn
+
     log_dir = tmp_path_factory.mktemp("emulator-logs")
     fs = processes.start_firestore(log_dir)
     ps = processes.start_pubsub(log_dir)
+    gcs = start_gcs(log_dir)
+    iam = IamStandIn(key_bits=1024).start()  # small keys: faster, and never used to sign anything
+    bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs)).start()
     os.environ["FIRESTORE_EMULATOR_HOST"] = fs.host
     os.environ["PUBSUB_EMULATOR_HOST"] = ps.host
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator_url(gcs)
     try:
-        yield {"firestore": fs.host, "pubsub": ps.host, "log_dir": log_dir}
+        yield {"firestore": fs.host, "pubsub": ps.host, "gcs": emulator_url(gcs), "iam": iam, "bucket_iam": bucket_iam,
+               "log_dir": log_dir}
     finally:
+        bucket_iam.stop()
+        iam.stop()
+        gcs.stop()
         ps.stop()
         fs.stop()
 
@@ -36,6 +48,8 @@ def emulators(tmp_path_factory) -> Iterator[dict]:
 @pytest.fixture
 def project_id(emulators) -> Iterator[str]:
     pid = f"test-{uuid.uuid4().hex[:12]}"
+    emulators["iam"].reset()
+    emulators["bucket_iam"].reset()
     yield pid
     processes.reset_firestore(emulators["firestore"], pid)
 
@@ -43,22 +57,41 @@ def project_id(emulators) -> Iterator[str]:
 class Stack:
     """Real adapters on the emulators for one test's project, plus topic/subscription helpers."""
 
-    def __init__(self, project: str):
-        from google.cloud import firestore, pubsub_v1
+    def __init__(self, project: str, emulators: dict):
+        from google.cloud import firestore, pubsub_v1, storage
 
-        from shared.adapters.firestore_store import FirestoreStore
+        from shared.adapters.firestore_admin import FirestoreAdminStore
+        from shared.adapters.gcs import KeyVault, VaultSecrets
         from shared.adapters.pubsub_bus import PubSubBus
         from shared.services.publisher import JobPublisher
 
         self.project = project
+        self.emulators = emulators
         self.db = firestore.Client(project=project)
-        self.store = FirestoreStore(self.db)
+        self.store = FirestoreAdminStore(self.db)
+        self.gcs = storage.Client(project=project)
+        self.key_bucket, self.objects_bucket = f"keys-{project}", f"objects-{project}"
+        for b in (self.key_bucket, self.objects_bucket):
+            self.gcs.create_bucket(b)
+        self.vault = KeyVault(self.key_bucket, self.gcs)
+        self.secrets = VaultSecrets(self.vault)
         self.publisher_client = pubsub_v1.PublisherClient()
         self.subscriber = pubsub_v1.SubscriberClient()
         self.bus = RecordingBus(PubSubBus(project, self.publisher_client))
         self.clock = FakeClock(T0)
         self.job_publisher = JobPublisher(self.store, self.bus, self.clock, lease_seconds=60, wait_seconds=3.0, poll_seconds=0.05)
         self.topic("archsync-dead-letter", subscription="dead-letter-audit")
+
+    def cloud(self):
+        """The provisioning adapters, wired to the emulators and stand-ins like the functions are."""
+        from shared.adapters.gcs import BucketIam
+        from shared.adapters.iam_admin import IamAdmin
+        from shared.adapters.pubsub_admin import PubSubAdmin
+        from shared.services.provisioning import Cloud
+
+        iam, bucket_iam = self.emulators["iam"], self.emulators["bucket_iam"]
+        return Cloud(PubSubAdmin(self.project, policy_client=iam.subscriber_policy_client()),
+                     IamAdmin(self.project, iam.iam_client()), BucketIam(bucket_iam.client(self.project)), self.vault)
 
     def topic(self, topic_id: str, subscription: str | None = None) -> None:
         path = self.publisher_client.topic_path(self.project, topic_id)
@@ -92,14 +125,31 @@ class Stack:
 
 
 @pytest.fixture
-def stack(project_id) -> Iterator[Stack]:
-    s = Stack(project_id)
+def stack(project_id, emulators) -> Iterator[Stack]:
+    s = Stack(project_id, emulators)
     yield s
     s.close()
 
 
 @pytest.fixture
-def function_env(project_id, monkeypatch) -> str:
-    """Environment an entry point reads, pointing at this test's project."""
+def function_env(project_id, emulators, monkeypatch) -> str:
+    """Environment an entry point reads, pointing at this test's project and buckets."""
     monkeypatch.setenv("ARCHSYNC_PROJECT_ID", project_id)
+    monkeypatch.setenv("ARCHSYNC_KEY_BUCKET", f"keys-{project_id}")
+    monkeypatch.setenv("ARCHSYNC_OBJECTS_BUCKET", f"objects-{project_id}")
+    monkeypatch.setenv("ARCHSYNC_IAM_EMULATOR_HOST", emulators["iam"].address)
+    monkeypatch.setenv("ARCHSYNC_STORAGE_IAM_EMULATOR_HOST", emulators["bucket_iam"].url)
     return project_id
+
+
+@pytest.fixture(scope="session")
+def admin_auth() -> AdminAuth:
+    return AdminAuth()
+
+
+@pytest.fixture
+def admin_env(function_env, admin_auth, monkeypatch) -> AdminAuth:
+    monkeypatch.setenv("ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS", admin_auth.public_pem)
+    monkeypatch.setenv("ARCHSYNC_ADMIN_JWT_AUDIENCE", admin_auth.AUDIENCE)
+    monkeypatch.setenv("ARCHSYNC_ADMIN_JWT_ISSUER", admin_auth.ISSUER)
+    return admin_auth

@@ -156,3 +156,32 @@ def assert_matches_openapi(body: Any, path: str, method: str, status: str = "200
 
     schema = openapi_response_schema(path, method, status)
     jsonschema.validate(body, schema, cls=jsonschema.Draft202012Validator)
+
+
+class AdminAuth:
+    """An RSA key pair standing in for the platform's identity provider, and tokens from it."""
+
+    ISSUER = "https://idp.platform.example"
+    AUDIENCE = "archsync-admin-api"
+
+    def __init__(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.public_pem = self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def token(self, groups=("fg-1",), *, sub: str = "u-1", name: str = "Pat Admin", key=None, **claims: Any) -> str:
+        import time as _time
+
+        import jwt
+
+        now = int(_time.time())
+        payload = {"sub": sub, "name": name, "iss": self.ISSUER, "aud": self.AUDIENCE, "iat": now, "exp": now + 300,
+                   "facility_groups": list(groups), **claims}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return jwt.encode(payload, key or self._key, algorithm="RS256")
+
+    def headers(self, groups=("fg-1",), **kw: Any) -> dict:
+        return {"Authorization": f"Bearer {self.token(groups, **kw)}"}

@@ -22,8 +22,8 @@ def on_job_result(request):
     settings = Settings.from_env(os.environ)
 
     def handle():
-        store = wiring.firestore_store(settings)
-        service = ResultService(store, store, SystemClock(), settings.timeout_policy, settings.signature_max_skew_seconds)
+        service = ResultService(wiring.firestore_store(settings), wiring.secret_store(settings), SystemClock(),
+                                settings.timeout_policy, settings.signature_max_skew_seconds)
         t = service.handle(request.headers, request.get_data(cache=False))
         job = t.job
         return json_response({"outcome": t.outcome, "job_state": job.state.value if job else None})

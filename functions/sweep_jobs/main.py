@@ -20,7 +20,9 @@ def sweep_jobs(request):
 
     def handle():
         store = wiring.firestore_store(settings)
-        report = SweepService(store, store, wiring.job_publisher(settings), SystemClock(), settings.sweep_batch_size).run()
-        return json_response({"timed_out": report.timed_out, "republished": report.republished, "errors": report.errors})
+        report = SweepService(store, store, wiring.job_publisher(settings), SystemClock(), settings.sweep_batch_size,
+                              provisioner=wiring.provisioner(settings)).run()
+        return json_response({"timed_out": report.timed_out, "republished": report.republished,
+                              "gateways_finished": report.gateways_finished, "errors": report.errors})
 
     return guarded(handle, NAME)

@@ -14,4 +14,16 @@ platform_publisher_members = [
 
 max_instance_count = 3
 
+# Admin API (admin_api). JWTs from the platform's identity provider, verified in the function.
+# Placeholders: set the IdP's real public key(s), audience and issuer.
+admin_jwt_public_keys_pem = <<-EOT
+  -----BEGIN PUBLIC KEY-----
+  REPLACE-WITH-THE-PLATFORM-IDP-PUBLIC-KEY
+  -----END PUBLIC KEY-----
+EOT
+admin_jwt_audience        = "archsync-admin-api-dev"
+admin_jwt_issuer          = "https://idp.platform-dev.example.com"
+# Public by default (the function checks the JWT). Behind an API gateway, its service account:
+# admin_invoker_members = ["serviceAccount:api-gateway@platform-dev.iam.gserviceaccount.com"]
+
 # The remaining tunables keep their defaults (same as shared/settings.py).

@@ -21,3 +21,16 @@ publish_lease_seconds      = 60
 sweep_schedule             = "*/5 * * * *"
 
 generated_objects_retention_days = 365
+provisioning_lease_seconds       = 300
+
+# Admin API (admin_api). JWTs from the platform's identity provider, verified in the function.
+# Placeholders: set the IdP's real public key(s), audience and issuer.
+admin_jwt_public_keys_pem = <<-EOT
+  -----BEGIN PUBLIC KEY-----
+  REPLACE-WITH-THE-PLATFORM-IDP-PUBLIC-KEY
+  -----END PUBLIC KEY-----
+EOT
+admin_jwt_audience        = "archsync-admin-api-prod"
+admin_jwt_issuer          = "https://idp.platform-prod.example.com"
+# Public by default (the function checks the JWT). Behind an API gateway, its service account:
+# admin_invoker_members = ["serviceAccount:api-gateway@platform-prod.iam.gserviceaccount.com"]

@@ -4,7 +4,6 @@ Layout (everything under the tenant, so a path always names its facility group):
   facility_groups/{fg}
   facility_groups/{fg}/facilities/{facility}
   facility_groups/{fg}/gateways/{gateway}
-  facility_groups/{fg}/gateway_secrets/{gateway}          Result Endpoint keys (never listed by the API)
   facility_groups/{fg}/destinations/{destination}
   facility_groups/{fg}/jobs/{job}                          ids from shared.domain.rules.job_id
   facility_groups/{fg}/exams/{exam}/archive_states/{destination}
@@ -39,7 +38,6 @@ from . import codec
 GROUPS = "facility_groups"
 FACILITIES = "facilities"
 GATEWAYS = "gateways"
-GATEWAY_SECRETS = "gateway_secrets"
 DESTINATIONS = "destinations"
 JOBS = "jobs"
 EXAMS = "exams"
@@ -50,6 +48,7 @@ ARCHIVE_STATES = "archive_states"
 COMPOSITE_INDEXES = (
     (JOBS, "COLLECTION_GROUP", (("state", "ASCENDING"), ("deadline", "ASCENDING"))),
     (JOBS, "COLLECTION_GROUP", (("published", "ASCENDING"), ("state", "ASCENDING"), ("publish_lease_until", "ASCENDING"))),
+    ("provisioning", "COLLECTION_GROUP", (("state", "ASCENDING"), ("lease_until", "ASCENDING"))),
 )
 
 
@@ -156,16 +155,6 @@ class FirestoreStore:
             snaps = list(self._db.get_all(refs))
         self._read(len(refs))
         return {s.id: codec.gateway_from_doc(s.to_dict()) for s in snaps if s.exists}
-
-    # -- secrets -------------------------------------------------------------------------
-    def result_key(self, facility_group_id: str, gateway_id: str) -> Optional[bytes]:
-        with _translated():
-            snap = self._group(facility_group_id).collection(GATEWAY_SECRETS).document(gateway_id).get()
-        self._read()
-        return bytes(snap.get("result_key")) if snap.exists else None
-
-    def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None:
-        self._set(self._group(facility_group_id).collection(GATEWAY_SECRETS).document(gateway_id), {"result_key": key})
 
     # -- jobs ----------------------------------------------------------------------------
     def create_job(self, job: Job) -> bool:

@@ -91,6 +91,7 @@ class Gateway:
     facility_ids: tuple[str, ...] = ()  # empty = every facility of the group (seed 000 Step 1)
     active: bool = True
     service_account_email: str = ""
+    service_account_key_id: str = ""  # resource name of the current JSON key (not secret)
     provisioning_state: str = "READY"
     created_by: str = ""
     created_at: Optional[datetime] = None

@@ -29,7 +29,11 @@ class ResultService:
             raise Unauthorized("malformed gateway header")
         now = self._clock.now()
         # Authenticate before reading the body: nothing unauthenticated is parsed or written.
-        verify(self._secrets.result_key(group, gateway_id), headers, body, now.timestamp(), self._skew)
+        try:
+            verify(self._secrets.result_key(group, gateway_id), headers, body, now.timestamp(), self._skew)
+        except Unauthorized:
+            # The key may have been rotated since it was cached: look once more, uncached.
+            verify(self._secrets.result_key(group, gateway_id, fresh=True), headers, body, now.timestamp(), self._skew)
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):

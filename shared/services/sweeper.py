@@ -3,6 +3,7 @@ publish any job whose message was never sent (the outbox's safety net)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from .. import logs
 from ..domain.errors import ArchSyncError
@@ -15,11 +16,14 @@ from .publisher import JobPublisher
 class SweepReport:
     timed_out: list[str] = field(default_factory=list)
     republished: list[str] = field(default_factory=list)
+    gateways_finished: list[str] = field(default_factory=list)  # abandoned provisioning/deletions
     errors: int = 0
 
 
 class SweepService:
-    def __init__(self, config: ConfigStore, jobs: JobStore, publisher: JobPublisher, clock: Clock, batch_size: int = 200):
+    def __init__(self, config: ConfigStore, jobs: JobStore, publisher: JobPublisher, clock: Clock, batch_size: int = 200,
+                 provisioner: Optional[Any] = None):
+        self._provisioner = provisioner
         self._config = config
         self._jobs = jobs
         self._publisher = publisher
@@ -41,6 +45,8 @@ class SweepService:
             except ArchSyncError as e:  # one bad job must not stop the sweep of the others
                 report.errors += 1
                 logs.error("republish failed", job_id=job.id, error=str(e), facility_group_id=job.facility_group_id)
+        if self._provisioner is not None:
+            report.gateways_finished = self._provisioner.finish_stale()
         return report
 
     def _republish(self, job) -> bool:

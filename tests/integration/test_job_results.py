@@ -26,7 +26,7 @@ def job(stack):
     """A published PENDING-triggered archive job (holds the order lock) of gateway gw-1."""
     gw = gateway("gw-1")
     stack.add_gateway(gw)
-    stack.store.save_result_key("fg-1", "gw-1", RESULT_KEY)
+    stack.secrets.save_result_key("fg-1", "gw-1", RESULT_KEY)
     stack.store.save_destination(destination("dst-1", trigger="PENDING"))
     [out] = ArchiveTriggerService(stack.store, stack.store, stack.job_publisher, stack.clock, TimeoutPolicy()).handle(
         exam_status_changed(exam_event("PENDING")))
@@ -123,7 +123,7 @@ def test_unknown_job_is_404(stack, app, job):
 
 
 def test_job_of_another_gateway_is_404(stack, app, job):
-    stack.store.save_result_key("fg-1", "gw-2", b"other-key" * 4)
+    stack.secrets.save_result_key("fg-1", "gw-2", b"other-key" * 4)
     r = post_result(app, result_body(job, "COMPLETED"), key=b"other-key" * 4, gw="gw-2")
     assert r.status_code == 404
     assert state(stack, job)[0].state.value == "QUEUED"

@@ -20,7 +20,7 @@ POLICY = TimeoutPolicy(dispatch_grace_seconds=600, attempt_allowance_seconds=300
 @pytest.fixture
 def world(stack):
     stack.add_gateway(gateway("gw-1"))
-    stack.store.save_result_key("fg-1", "gw-1", RESULT_KEY)
+    stack.secrets.save_result_key("fg-1", "gw-1", RESULT_KEY)
     stack.store.save_destination(destination("dst-p", trigger="PENDING", max_retries=2, retry_timeout_seconds=30))
     stack.store.save_destination(destination("dst-c", trigger="COMPLETED", max_retries=2, retry_timeout_seconds=30))
     return stack
@@ -101,7 +101,7 @@ def test_sweep_endpoint(world, function_env, monkeypatch):
     app = load_app("sweep_jobs")
     assert app.get("/").status_code == 405
     r = app.post("/")
-    assert r.status_code == 200 and r.json == {"timed_out": [], "republished": [], "errors": 0}
+    assert r.status_code == 200 and r.json == {"timed_out": [], "republished": [], "gateways_finished": [], "errors": 0}
     assert_matches_openapi(r.json, "/sweeps", "post")
 
 

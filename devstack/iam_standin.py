@@ -1,0 +1,447 @@
+"""In-process gRPC stand-in for Google IAM, so the real client libraries run against it in tests.
+
+It speaks two real APIs on one loopback port:
+
+* ``google.iam.admin.v1.IAM`` (``iam_admin_v1.IAMClient``): service accounts and their keys, plus
+  Get/Set/TestIamPermissions on service accounts (sharing the policy store below).
+* ``google.iam.v1.IAMPolicy``: Get/Set/TestIamPermissions for any resource string. Pub/Sub's
+  ``SubscriberClient.set_iam_policy``/``get_iam_policy`` call this service; the Pub/Sub emulator
+  answers 501 for them, so subscription IAM bindings go here in tests.
+
+State lives in memory behind one lock; :meth:`IamStandIn.reset` clears it. Methods that are not
+implemented answer UNIMPLEMENTED (gRPC's default for unregistered methods).
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import datetime
+import itertools
+import json
+import re
+import secrets
+import struct
+import threading
+import urllib.parse
+from concurrent import futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from google.cloud import iam_admin_v1
+from google.cloud.iam_admin_v1 import types as iam
+from google.cloud.iam_admin_v1.services.iam.transports.grpc import IAMGrpcTransport
+from google.iam.v1 import iam_policy_pb2, policy_pb2
+from google.protobuf import empty_pb2
+
+if TYPE_CHECKING:
+    from google.cloud import pubsub_v1
+
+__all__ = ["IamStandIn", "EMPTY_POLICY_ETAG", "ACCOUNT_ID_RE", "METHODS"]
+
+ACCOUNT_ID_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
+"""Service account ids: 6-30 characters, lower-case letters, digits and dashes."""
+
+EMPTY_POLICY_ETAG = base64.b64decode("ACAB")
+"""The etag of a resource that has never had a policy (the value real IAM returns)."""
+
+_SA_NAME = re.compile(r"^projects/([^/]+)/serviceAccounts/([^/]+)$")
+_KEY_NAME = re.compile(r"^projects/([^/]+)/serviceAccounts/([^/]+)/keys/([^/]+)$")
+_PROJECT_NAME = re.compile(r"^projects/([^/]+)$")
+_FOREVER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
+_PAGE_SIZE = 100
+
+METHODS = frozenset({
+    "CreateServiceAccount", "GetServiceAccount", "ListServiceAccounts", "DeleteServiceAccount",
+    "CreateServiceAccountKey", "GetServiceAccountKey", "ListServiceAccountKeys", "DeleteServiceAccountKey",
+    "SetIamPolicy", "GetIamPolicy", "TestIamPermissions",
+})
+"""The method names the stand-in implements (keys of ``calls``, arguments of ``fail_next``)."""
+
+_ADMIN_SERVICE = "google.iam.admin.v1.IAM"
+_POLICY_SERVICE = "google.iam.v1.IAMPolicy"
+_PRIVATE = iam.ServiceAccountPrivateKeyType
+_PUBLIC = iam.ServiceAccountPublicKeyType
+_KEY_TYPE = iam.ListServiceAccountKeysRequest.KeyType
+
+
+_Impl = Callable[[Any, grpc.ServicerContext], Any]
+
+
+@dataclass
+class _Key:
+    """A stored key: the key resource as Get/List return it, plus its public key material."""
+
+    email: str
+    key: iam.ServiceAccountKey
+    cert_pem: bytes
+    public_pem: bytes
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+def _copy(message: Any) -> Any:
+    """A deep copy of a proto-plus or protobuf message."""
+    if hasattr(message, "SerializeToString"):
+        return type(message).FromString(message.SerializeToString())
+    return type(message).deserialize(type(message).serialize(message))
+
+
+class IamStandIn:
+    """Google IAM (admin + IAMPolicy) on ``127.0.0.1:PORT`` with inspection and failure injection.
+
+    ``key_bits`` is the RSA size of generated service-account keys: 2048 like real IAM (about
+    50-100 ms per key here); 1024 is faster when a test makes many keys.
+    """
+
+    def __init__(self, key_bits: int = 2048, max_workers: int = 8) -> None:
+        self.key_bits = key_bits
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._server: Optional[grpc.Server] = None
+        self._channels: list[grpc.Channel] = []
+        self._etags = itertools.count(1)
+        self.port = 0
+        self._clear()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "IamStandIn":
+        """Bind a free loopback port (port 0, so no race) and start serving."""
+        if self._server is not None:
+            return self
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers,
+                                                        thread_name_prefix="iam-standin"))
+        server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler(_ADMIN_SERVICE, self._admin_handlers()),
+            grpc.method_handlers_generic_handler(_POLICY_SERVICE, self._policy_handlers()),
+        ))
+        self.port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        return self
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Stop serving and close the channels of clients made by this object."""
+        for channel in self._channels:
+            channel.close()
+        self._channels.clear()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+
+    def __enter__(self) -> "IamStandIn":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT`` (no scheme), the gRPC target."""
+        if self._server is None:
+            raise RuntimeError("IamStandIn is not started")
+        return f"127.0.0.1:{self.port}"
+
+    # ---- clients ---------------------------------------------------------------------------
+    def _channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(self.address)
+        self._channels.append(channel)
+        return channel
+
+    def iam_client(self) -> iam_admin_v1.IAMClient:
+        """A real ``IAMClient`` on an insecure channel to this stand-in."""
+        return iam_admin_v1.IAMClient(transport=IAMGrpcTransport(channel=self._channel()))
+
+    def subscriber_policy_client(self) -> "pubsub_v1.SubscriberClient":
+        """A real Pub/Sub ``SubscriberClient`` whose calls (notably the IAM ones) come here.
+
+        Use it only for ``set_iam_policy``/``get_iam_policy``/``test_iam_permissions``; topics,
+        subscriptions and messages live in the Pub/Sub emulator.
+        """
+        from google.cloud import pubsub_v1  # imported lazily: ~0.5 s
+        from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
+
+        return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=self._channel()))
+
+    # ---- inspection and control ------------------------------------------------------------
+    @property
+    def service_accounts(self) -> dict[str, iam.ServiceAccount]:
+        """Snapshot: email -> ServiceAccount."""
+        with self._lock:
+            return {email: _copy(sa) for email, sa in self._accounts.items()}
+
+    @property
+    def keys(self) -> dict[str, list[str]]:
+        """Snapshot: email -> key resource names (only accounts that have keys)."""
+        with self._lock:
+            out: dict[str, list[str]] = {}
+            for key in self._keys.values():
+                out.setdefault(key.email, []).append(key.key.name)
+            return out
+
+    @property
+    def policies(self) -> dict[str, policy_pb2.Policy]:
+        """Snapshot: resource -> Policy (only resources that had SetIamPolicy)."""
+        with self._lock:
+            return {res: _copy(p) for res, p in self._policies.items()}
+
+    @property
+    def calls(self) -> collections.Counter[str]:
+        """Snapshot: method name (e.g. ``"CreateServiceAccount"``) -> calls received, including
+        retries and injected failures. Both services' ``SetIamPolicy`` count under one name."""
+        with self._lock:
+            return collections.Counter(self._calls)
+
+    def fail_next(self, method: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` abort with ``code`` before doing anything.
+
+        Mind the clients' default retries: IAMClient retries UNAVAILABLE and DEADLINE_EXCEEDED on
+        Get/List/Delete (not on Create), so one injected UNAVAILABLE there is invisible unless the
+        call passes ``retry=None``.
+        """
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; one of {sorted(METHODS)}")
+        with self._lock:
+            self._failures[method].extend([code] * times)
+
+    def reset(self) -> None:
+        """Forget all service accounts, keys, policies, call counts and pending failures."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._accounts: dict[str, iam.ServiceAccount] = {}
+        self._keys: dict[str, _Key] = {}  # key name -> key
+        self._policies: dict[str, policy_pb2.Policy] = {}
+        self._calls: collections.Counter[str] = collections.Counter()
+        self._failures: dict[str, collections.deque[grpc.StatusCode]] = collections.defaultdict(collections.deque)
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def _handler(self, method: str, fn: _Impl, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+        """A unary handler that counts the call and applies injected failures first. Proto-plus
+        types (de)serialize with ``deserialize``/``serialize``, protobuf ones with
+        ``FromString``/``SerializeToString``."""
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            with self._lock:
+                self._calls[method] += 1
+                pending = self._failures.get(method)
+                code = pending.popleft() if pending else None
+            if code is not None:
+                _abort(context, code, f"injected failure of {method}")
+            return fn(request, context)
+
+        deserialize = getattr(request_type, "FromString", None) or request_type.deserialize
+        serialize = getattr(response_type, "SerializeToString", None) or response_type.serialize
+        return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=deserialize,
+                                                   response_serializer=serialize)
+
+    def _admin_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        table: dict[str, tuple[_Impl, Any, Any]] = {
+            "CreateServiceAccount": (self._create_sa, iam.CreateServiceAccountRequest, iam.ServiceAccount),
+            "GetServiceAccount": (self._get_sa, iam.GetServiceAccountRequest, iam.ServiceAccount),
+            "ListServiceAccounts": (self._list_sas, iam.ListServiceAccountsRequest, iam.ListServiceAccountsResponse),
+            "DeleteServiceAccount": (self._delete_sa, iam.DeleteServiceAccountRequest, empty_pb2.Empty),
+            "CreateServiceAccountKey": (self._create_key, iam.CreateServiceAccountKeyRequest, iam.ServiceAccountKey),
+            "GetServiceAccountKey": (self._get_key, iam.GetServiceAccountKeyRequest, iam.ServiceAccountKey),
+            "ListServiceAccountKeys": (self._list_keys, iam.ListServiceAccountKeysRequest,
+                                       iam.ListServiceAccountKeysResponse),
+            "DeleteServiceAccountKey": (self._delete_key, iam.DeleteServiceAccountKeyRequest, empty_pb2.Empty),
+        }
+        return {**{m: self._handler(m, *spec) for m, spec in table.items()}, **self._policy_handlers()}
+
+    def _policy_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        table: dict[str, tuple[_Impl, Any, Any]] = {
+            "SetIamPolicy": (self._set_policy, iam_policy_pb2.SetIamPolicyRequest, policy_pb2.Policy),
+            "GetIamPolicy": (self._get_policy, iam_policy_pb2.GetIamPolicyRequest, policy_pb2.Policy),
+            "TestIamPermissions": (self._test_permissions, iam_policy_pb2.TestIamPermissionsRequest,
+                                   iam_policy_pb2.TestIamPermissionsResponse),
+        }
+        return {m: self._handler(m, *spec) for m, spec in table.items()}
+
+    # ---- service accounts (call with the lock held where noted) ----------------------------
+    def _find_sa(self, context: grpc.ServicerContext, project: str, ident: str) -> iam.ServiceAccount:
+        """Lock held. ``ident`` is an email or unique id; ``project`` may be ``-``."""
+        sa = self._accounts.get(ident) or next((a for a in self._accounts.values() if a.unique_id == ident), None)
+        if sa is None or project not in ("-", sa.project_id):
+            _abort(context, grpc.StatusCode.NOT_FOUND,
+                   f"Service account projects/{project}/serviceAccounts/{ident} does not exist.")
+        return sa
+
+    def _sa_from_name(self, context: grpc.ServicerContext, name: str) -> iam.ServiceAccount:
+        """Lock held."""
+        m = _SA_NAME.match(name)
+        if not m:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid service account name {name!r}.")
+        return self._find_sa(context, m.group(1), m.group(2))
+
+    def _create_sa(self, req: iam.CreateServiceAccountRequest, context: grpc.ServicerContext) -> iam.ServiceAccount:
+        m = _PROJECT_NAME.match(req.name)
+        if not m or m.group(1) == "-":
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid project resource name {req.name!r}.")
+        account_id = req.account_id
+        if not (6 <= len(account_id) <= 30 and ACCOUNT_ID_RE.match(account_id)):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"Invalid account id {account_id!r}: must be 6-30 characters matching {ACCOUNT_ID_RE.pattern}.")
+        project = m.group(1)
+        email = f"{account_id}@{project}.iam.gserviceaccount.com"
+        unique_id = str(100000000000000000000 + secrets.randbelow(10 ** 20))  # 21 digits, like real ids
+        sa = iam.ServiceAccount(
+            name=f"projects/{project}/serviceAccounts/{email}", project_id=project, unique_id=unique_id, email=email,
+            display_name=req.service_account.display_name, description=req.service_account.description,
+            oauth2_client_id=unique_id, etag=secrets.token_bytes(8))
+        with self._lock:
+            if email in self._accounts:
+                _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                       f"Service account {account_id} already exists within project projects/{project}.")
+            self._accounts[email] = sa
+            return _copy(sa)
+
+    def _get_sa(self, req: iam.GetServiceAccountRequest, context: grpc.ServicerContext) -> iam.ServiceAccount:
+        with self._lock:
+            return _copy(self._sa_from_name(context, req.name))
+
+    def _list_sas(self, req: iam.ListServiceAccountsRequest,
+                  context: grpc.ServicerContext) -> iam.ListServiceAccountsResponse:
+        m = _PROJECT_NAME.match(req.name)
+        if not m:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid project resource name {req.name!r}.")
+        try:
+            start = int(req.page_token or 0)
+        except ValueError:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid page token {req.page_token!r}.")
+        size = min(req.page_size or _PAGE_SIZE, _PAGE_SIZE)
+        with self._lock:
+            accounts = sorted((a for a in self._accounts.values() if a.project_id == m.group(1)), key=lambda a: a.email)
+            page = [_copy(a) for a in accounts[start:start + size]]
+        more = start + size < len(accounts)
+        return iam.ListServiceAccountsResponse(accounts=page, next_page_token=str(start + size) if more else "")
+
+    def _delete_sa(self, req: iam.DeleteServiceAccountRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        with self._lock:
+            sa = self._sa_from_name(context, req.name)
+            del self._accounts[sa.email]
+            for name in [n for n, k in self._keys.items() if k.email == sa.email]:
+                del self._keys[name]
+        return empty_pb2.Empty()
+
+    # ---- keys -------------------------------------------------------------------------------
+    def _key_from_name(self, context: grpc.ServicerContext, name: str) -> _Key:
+        """Lock held. Accepts ``projects/-/...`` and the unique id in place of the email."""
+        m = _KEY_NAME.match(name)
+        if not m:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Invalid service account key name {name!r}.")
+        sa = self._find_sa(context, m.group(1), m.group(2))
+        key = self._keys.get(f"{sa.name}/keys/{m.group(3)}")
+        if key is None:
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"Service account key {name} does not exist.")
+        return key
+
+    def _create_key(self, req: iam.CreateServiceAccountKeyRequest,
+                    context: grpc.ServicerContext) -> iam.ServiceAccountKey:
+        if req.private_key_type not in (_PRIVATE.TYPE_UNSPECIFIED, _PRIVATE.TYPE_GOOGLE_CREDENTIALS_FILE):
+            _abort(context, grpc.StatusCode.UNIMPLEMENTED, "The stand-in only makes TYPE_GOOGLE_CREDENTIALS_FILE keys.")
+        with self._lock:
+            sa = _copy(self._sa_from_name(context, req.name))
+        key_id = secrets.token_hex(20)
+        private, cert_pem, public_pem = self._make_key_material(sa.email)
+        credentials = {
+            "type": "service_account",
+            "project_id": sa.project_id,
+            "private_key_id": key_id,
+            "private_key": private.decode(),
+            "client_email": sa.email,
+            "client_id": sa.unique_id,
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": "https://oauth2.googleapis.com/token",
+            "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+            "client_x509_cert_url": "https://www.googleapis.com/robot/v1/metadata/x509/" + urllib.parse.quote(sa.email),
+            "universe_domain": "googleapis.com",
+        }
+        now = datetime.datetime.now(datetime.timezone.utc)
+        alg = iam.ServiceAccountKeyAlgorithm
+        algorithm = alg.KEY_ALG_RSA_1024 if self.key_bits == 1024 else alg.KEY_ALG_RSA_2048
+        stored = iam.ServiceAccountKey(
+            name=f"{sa.name}/keys/{key_id}", private_key_type=_PRIVATE.TYPE_GOOGLE_CREDENTIALS_FILE,
+            key_algorithm=algorithm, valid_after_time=now, valid_before_time=_FOREVER,
+            key_origin=iam.ServiceAccountKeyOrigin.GOOGLE_PROVIDED, key_type=_KEY_TYPE.USER_MANAGED)
+        with self._lock:
+            if sa.email not in self._accounts:  # deleted while the key was being made
+                _abort(context, grpc.StatusCode.NOT_FOUND, f"Service account {req.name} does not exist.")
+            self._keys[stored.name] = _Key(sa.email, stored, cert_pem, public_pem)
+        response = _copy(stored)
+        response.private_key_data = json.dumps(credentials, indent=2).encode()
+        return response
+
+    def _make_key_material(self, email: str) -> tuple[bytes, bytes, bytes]:
+        """(PKCS#8 private key PEM, self-signed X.509 certificate PEM, public key PEM)."""
+        private = rsa.generate_private_key(public_exponent=65537, key_size=self.key_bits)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                .public_key(private.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(_FOREVER).sign(private, hashes.SHA256()))
+        return (
+            private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM),
+            private.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo),
+        )
+
+    def _get_key(self, req: iam.GetServiceAccountKeyRequest, context: grpc.ServicerContext) -> iam.ServiceAccountKey:
+        with self._lock:
+            key = self._key_from_name(context, req.name)
+            response = _copy(key.key)
+            if req.public_key_type == _PUBLIC.TYPE_X509_PEM_FILE:
+                response.public_key_data = key.cert_pem
+            elif req.public_key_type == _PUBLIC.TYPE_RAW_PUBLIC_KEY:
+                response.public_key_data = key.public_pem
+            return response
+
+    def _list_keys(self, req: iam.ListServiceAccountKeysRequest,
+                   context: grpc.ServicerContext) -> iam.ListServiceAccountKeysResponse:
+        with self._lock:
+            sa = self._sa_from_name(context, req.name)
+            keys = [_copy(k.key) for k in self._keys.values() if k.email == sa.email]
+        if req.key_types:
+            keys = [k for k in keys if k.key_type in req.key_types]
+        return iam.ListServiceAccountKeysResponse(keys=keys)
+
+    def _delete_key(self, req: iam.DeleteServiceAccountKeyRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        with self._lock:
+            del self._keys[self._key_from_name(context, req.name).key.name]
+        return empty_pb2.Empty()
+
+    # ---- IAM policies ----------------------------------------------------------------------
+    def _set_policy(self, req: iam_policy_pb2.SetIamPolicyRequest, context: grpc.ServicerContext) -> policy_pb2.Policy:
+        if not req.resource:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "resource is required.")
+        with self._lock:
+            current = self._policies.get(req.resource)
+            current_etag = current.etag if current is not None else EMPTY_POLICY_ETAG
+            if req.policy.etag and req.policy.etag != current_etag:
+                _abort(context, grpc.StatusCode.ABORTED, "There were concurrent policy changes. "
+                       "Please retry the whole read-modify-write with exponential backoff.")
+            policy = _copy(req.policy)
+            policy.version = policy.version or 1
+            if policy.version < 3 and any(b.HasField("condition") for b in policy.bindings):
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "Conditional role bindings require policy version 3.")
+            policy.etag = struct.pack(">Q", next(self._etags))
+            self._policies[req.resource] = policy
+            return _copy(policy)
+
+    def _get_policy(self, req: iam_policy_pb2.GetIamPolicyRequest, context: grpc.ServicerContext) -> policy_pb2.Policy:
+        with self._lock:
+            policy = self._policies.get(req.resource)
+            return _copy(policy) if policy is not None else policy_pb2.Policy(version=1, etag=EMPTY_POLICY_ETAG)
+
+    def _test_permissions(self, req: iam_policy_pb2.TestIamPermissionsRequest,
+                          context: grpc.ServicerContext) -> iam_policy_pb2.TestIamPermissionsResponse:
+        return iam_policy_pb2.TestIamPermissionsResponse(permissions=list(req.permissions))

@@ -1,0 +1,19 @@
+"""Cloud Function ``admin_api``: the admin API the platform's UI calls (gateways, destinations,
+keys) for one facility group at a time, authenticated with a bearer JWT."""
+import os
+
+import functions_framework
+
+from shared import wiring
+from shared.admin_http import dispatch
+from shared.http import guarded
+from shared.settings import Settings
+
+NAME = "admin_api"
+
+
+@functions_framework.http
+def admin_api(request):
+    settings = Settings.from_env(os.environ)
+    return guarded(lambda: dispatch(lambda: wiring.admin_service(settings), wiring.jwt_verifier(settings),
+                                    request.method, request.path, request.headers, request.get_data(cache=False)), NAME)

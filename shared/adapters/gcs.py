@@ -1,0 +1,134 @@
+"""Cloud Storage adapters: the private key vault (service-account keys and Result Endpoint keys)
+and conditional bucket IAM bindings (a gateway reads only its own objects)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Optional
+
+from .errors import translated
+
+OBJECT_READER = "roles/storage.objectViewer"
+
+
+class KeyVault:
+    """Secrets as objects in a private bucket (uniform access, only the admin and result functions'
+    service accounts may read it: infra/storage.tf). Values are never logged."""
+
+    def __init__(self, bucket: str, client: Optional[Any] = None, cache_seconds: float = 60.0):
+        self._bucket_name, self._client = bucket, client
+        self._cache: dict[str, tuple[float, Optional[bytes]]] = {}
+        self._lock = threading.Lock()
+        self._ttl = cache_seconds
+        self.calls = 0
+
+    @property
+    def bucket(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        return self._client.bucket(self._bucket_name)
+
+    def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.calls += 1
+        with translated("store secret"):
+            self.bucket.blob(name).upload_from_string(data, content_type=content_type)
+        with self._lock:
+            self._cache.pop(name, None)
+
+    def get(self, name: str, *, fresh: bool = False) -> Optional[bytes]:
+        """The secret, or None. Cached for ``cache_seconds`` unless ``fresh``."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(name)
+        if hit and not fresh and now - hit[0] < self._ttl:
+            return hit[1]
+        self.calls += 1
+        value: Optional[bytes] = None
+        with translated("read secret", missing_ok=True):
+            value = self.bucket.blob(name).download_as_bytes()
+        with self._lock:
+            self._cache[name] = (now, value)
+        return value
+
+    def delete(self, name: str) -> None:
+        self.calls += 1
+        with translated("delete secret", missing_ok=True):
+            self.bucket.blob(name).delete()
+        with self._lock:
+            self._cache.pop(name, None)
+
+    def exists(self, name: str) -> bool:
+        return self.get(name, fresh=True) is not None
+
+
+def sa_key_object(facility_group_id: str, gateway_id: str) -> str:
+    return f"{facility_group_id}/{gateway_id}/service-account-key.json"
+
+
+def result_key_object(facility_group_id: str, gateway_id: str) -> str:
+    return f"{facility_group_id}/{gateway_id}/result-endpoint-key"
+
+
+class VaultSecrets:
+    """The SecretStore port over the key vault."""
+
+    def __init__(self, vault: KeyVault):
+        self.vault = vault
+
+    def result_key(self, facility_group_id: str, gateway_id: str, *, fresh: bool = False) -> Optional[bytes]:
+        return self.vault.get(result_key_object(facility_group_id, gateway_id), fresh=fresh)
+
+    def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None:
+        self.vault.put(result_key_object(facility_group_id, gateway_id), key)
+
+
+class BucketIam:
+    """Conditional object-reader bindings on a bucket: one binding per member, limited by an IAM
+    condition to an object-name prefix (IAM conditions on resource.name, policy version 3)."""
+
+    def __init__(self, client: Optional[Any] = None):
+        self._client = client
+        self.calls = 0
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        return self._client
+
+    def grant_prefix_reader(self, bucket: str, member: str, prefix: str) -> None:
+        expression = f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{prefix}")'
+        self.calls += 2
+        with translated(f"IAM policy of bucket {bucket}"):
+            b = self.client.bucket(bucket)
+            policy = b.get_iam_policy(requested_policy_version=3)
+            policy.version = 3
+            if not any(member in set(x.get("members", ())) and (x.get("condition") or {}).get("expression") == expression
+                       for x in policy.bindings):
+                policy.bindings.append({"role": OBJECT_READER, "members": {member},
+                                        "condition": {"title": "gateway objects only", "expression": expression}})
+                b.set_iam_policy(policy)
+
+    def revoke_member(self, bucket: str, member: str) -> None:
+        self.calls += 2
+        with translated(f"IAM policy of bucket {bucket}"):
+            b = self.client.bucket(bucket)
+            policy = b.get_iam_policy(requested_policy_version=3)
+            policy.version = 3
+            changed, kept = False, []
+            for x in policy.bindings:
+                members = set(x.get("members", ()))
+                if member in members:
+                    changed = True
+                    members.discard(member)
+                    if not members:
+                        continue
+                    x = {**x, "members": members}
+                kept.append(x)
+            if changed:
+                policy.bindings = kept
+                b.set_iam_policy(policy)

@@ -1,0 +1,97 @@
+"""Routing of the admin API (issue 3) onto AdminService: path and method -> one use case.
+Authentication comes first: a request without a valid token learns nothing, not even whether a
+path exists."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Mapping, Optional
+
+from .auth import Caller, JwtVerifier
+from .domain.errors import MalformedInput, NotFound
+from .http import error, json_response
+from .services.admin import AdminService
+
+_ID = r"([A-Za-z0-9][A-Za-z0-9._:-]{0,127})"
+_BASE = rf"^/v1/facility-groups/{_ID}"
+MAX_BODY = 64 * 1024
+
+Handler = Callable[[AdminService, Caller, tuple, Any], tuple]
+
+
+def _ok(body: Any, status: int = 200) -> tuple:
+    return json_response(body, status)
+
+
+def _no_content(*_: Any) -> tuple:
+    return "", 204, {"Cache-Control": "no-store"}
+
+
+def _download(data: bytes, filename: str, content_type: str) -> tuple:
+    return data, 200, {"Content-Type": content_type, "Cache-Control": "no-store",
+                       "Content-Disposition": f'attachment; filename="{filename}"'}
+
+
+ROUTES: list[tuple[re.Pattern, dict[str, Handler]]] = [
+    (re.compile(_BASE + r"/gateways$"), {
+        "GET": lambda s, c, a, b: _ok({"gateways": s.list_gateways(c, *a)}),
+        "POST": lambda s, c, a, b: _ok(s.create_gateway(c, *a, b), 201),
+    }),
+    (re.compile(_BASE + rf"/gateways/{_ID}$"), {
+        "GET": lambda s, c, a, b: _ok(s.get_gateway(c, *a)),
+        "PATCH": lambda s, c, a, b: _ok(s.update_gateway(c, *a, b)),
+        "DELETE": lambda s, c, a, b: (s.delete_gateway(c, *a), _no_content())[1],
+    }),
+    (re.compile(_BASE + rf"/gateways/{_ID}/service-account-key$"), {
+        "GET": lambda s, c, a, b: _download(s.service_account_key(c, *a), f"{a[1]}-service-account.json", "application/json"),
+    }),
+    (re.compile(_BASE + rf"/gateways/{_ID}/service-account-key/rotate$"), {
+        "POST": lambda s, c, a, b: _ok(s.rotate_service_account_key(c, *a)),
+    }),
+    (re.compile(_BASE + rf"/gateways/{_ID}/result-endpoint-key$"), {
+        "GET": lambda s, c, a, b: _download(s.result_endpoint_key(c, *a), f"{a[1]}-result-endpoint-key.txt", "text/plain"),
+    }),
+    (re.compile(_BASE + rf"/gateways/{_ID}/result-endpoint-key/rotate$"), {
+        "POST": lambda s, c, a, b: (s.rotate_result_endpoint_key(c, *a), _no_content())[1],
+    }),
+    (re.compile(_BASE + r"/destinations$"), {
+        "GET": lambda s, c, a, b: _ok({"destinations": s.list_destinations(c, *a)}),
+        "POST": lambda s, c, a, b: _ok(s.create_destination(c, *a, b), 201),
+    }),
+    (re.compile(_BASE + rf"/destinations/{_ID}$"), {
+        "GET": lambda s, c, a, b: _ok(s.get_destination(c, *a)),
+        "PATCH": lambda s, c, a, b: _ok(s.update_destination(c, *a, b)),
+        "DELETE": lambda s, c, a, b: (s.delete_destination(c, *a), _no_content())[1],
+    }),
+    (re.compile(_BASE + rf"/destinations/{_ID}/activate$"), {
+        "POST": lambda s, c, a, b: _ok(s.set_destination_active(c, *a, True)),
+    }),
+    (re.compile(_BASE + rf"/destinations/{_ID}/deactivate$"), {
+        "POST": lambda s, c, a, b: _ok(s.set_destination_active(c, *a, False)),
+    }),
+]
+
+
+def _json_body(method: str, raw: bytes) -> Any:
+    if method not in ("POST", "PATCH") or not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedInput("body is not JSON") from None
+
+
+def dispatch(service_factory: Callable[[], AdminService], verifier: JwtVerifier, method: str, path: str,
+             headers: Mapping[str, str], raw_body: bytes) -> tuple:
+    caller = verifier.verify(headers)
+    for pattern, methods in ROUTES:
+        match = pattern.match(path)
+        if match is None:
+            continue
+        handler: Optional[Handler] = methods.get(method)
+        if handler is None:
+            return error(405, "method_not_allowed", f"allowed: {', '.join(sorted(methods))}")
+        if len(raw_body) > MAX_BODY:
+            return error(413, "too_large", "request body too large")
+        return handler(service_factory(), caller, match.groups(), _json_body(method, raw_body))
+    raise NotFound("no such resource")

@@ -1,0 +1,250 @@
+"""Admin API use cases (issue 3): gateways and destinations of one facility group (seed 000 Steps 1
+and 2). Every method takes the authenticated caller first and refuses other groups with 404."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional
+
+from .. import logs
+from ..adapters.gcs import result_key_object, sa_key_object
+from ..auth import Caller
+from ..clock import iso
+from ..domain.errors import Conflict, NotFound, ValidationFailed
+from ..domain.models import Destination, Gateway
+from ..domain.validation import is_valid_id, validate_destination, validate_gateway
+from ..ports import Clock
+import secrets
+
+from .provisioning import Provisioner, new_gateway_id, new_result_key
+
+GATEWAY_FIELDS = frozenset({"name", "description", "facility_ids", "active"})
+DESTINATION_FIELDS = frozenset({
+    "name", "type", "host", "port", "called_ae_title", "calling_ae_title", "moving_ae_title", "gateway_id",
+    "facility_ids", "max_retries", "retry_timeout_seconds", "transfer_syntax_uid", "excluded_sop_class_uids",
+    "auto_archive", "trigger_status", "support_iocm", "allow_prefetch", "active"})
+# Seed 000 Troubleshooting, "Gateway cannot be deleted".
+GATEWAY_HAS_DESTINATIONS = "The gateway has linked destinations: remove all destinations linked to it first."
+GATEWAY_HAS_JOBS = "The gateway has jobs in progress: wait for them to complete."
+
+
+def _body(data: Any, allowed: frozenset[str]) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValidationFailed({"(body)": "must be a JSON object"})
+    unknown = sorted(k for k in data if k not in allowed)
+    if unknown:
+        raise ValidationFailed({k: "is not a known field" for k in unknown})
+    return data
+
+
+def _changed(old: Any, new: Any, fields: frozenset[str]) -> list[str]:
+    return sorted(f for f in fields if getattr(old, f, None) != getattr(new, f, None))
+
+
+class AdminService:
+    def __init__(self, store: Any, provisioner: Provisioner, vault: Any, iam: Any, clock: Clock):
+        self._store, self._prov, self._vault, self._iam, self._clock = store, provisioner, vault, iam, clock
+
+    # -- helpers -------------------------------------------------------------------------
+    def _gateway(self, caller: Caller, fg: str, gateway_id: str) -> Gateway:
+        caller.require_group(fg)
+        gw = self._store.get_gateway(fg, gateway_id) if is_valid_id(gateway_id) else None
+        if gw is None:
+            raise NotFound("gateway not found")
+        return gw
+
+    def _destination(self, caller: Caller, fg: str, destination_id: str) -> Destination:
+        caller.require_group(fg)
+        d = self._store.get_destination(fg, destination_id) if is_valid_id(destination_id) else None
+        if d is None:
+            raise NotFound("destination not found")
+        return d
+
+    # -- gateways ------------------------------------------------------------------------
+    def list_gateways(self, caller: Caller, fg: str) -> list[dict]:
+        caller.require_group(fg)
+        names = self._store.facilities(fg)
+        return [gateway_view(g, names) for g in self._store.list_gateways(fg)]
+
+    def get_gateway(self, caller: Caller, fg: str, gateway_id: str) -> dict:
+        return gateway_view(self._gateway(caller, fg, gateway_id), self._store.facilities(fg))
+
+    def create_gateway(self, caller: Caller, fg: str, data: Any) -> dict:
+        caller.require_group(fg)
+        facilities = self._store.facilities(fg)
+        gw_id = new_gateway_id()
+        gateway = validate_gateway(_body(data, GATEWAY_FIELDS), gateway_id=gw_id, facility_group_id=fg,
+                                   group_facility_ids=frozenset(facilities), topic_id="", subscription_id="")
+        created = self._prov.create(gateway, caller.label)
+        return gateway_view(created, facilities)
+
+    def update_gateway(self, caller: Caller, fg: str, gateway_id: str, data: Any) -> dict:
+        current = self._gateway(caller, fg, gateway_id)
+        if current.provisioning_state != "READY":
+            raise Conflict("the gateway is being deleted")
+        facilities = self._store.facilities(fg)
+        patch = _body(data, GATEWAY_FIELDS)
+        merged = {"name": current.name, "description": current.description, "facility_ids": list(current.facility_ids),
+                  "active": current.active, **patch}
+        v = validate_gateway(merged, gateway_id=current.id, facility_group_id=fg, group_facility_ids=frozenset(facilities),
+                             topic_id=current.topic_id, subscription_id=current.subscription_id)
+        if "facility_ids" in patch and v.facility_ids:
+            # Destinations may only serve facilities their gateway serves (seed 000 Step 2).
+            stranded = [d.id for d in self._store.list_destinations(fg) if d.gateway_id == current.id
+                        and (not d.facility_ids or not set(d.facility_ids) <= set(v.facility_ids))]
+            if stranded:
+                raise ValidationFailed({"facility_ids": "linked destinations serve facilities outside this list: "
+                                                        + ", ".join(sorted(stranded))})
+        updated = dataclasses.replace(current, name=v.name, description=v.description, facility_ids=v.facility_ids,
+                                      active=v.active, updated_at=self._clock.now(), updated_by=caller.label)
+        self._store.put_gateway(updated, actor=caller.label, action="gateway.update",
+                                fields=_changed(current, updated, GATEWAY_FIELDS))
+        return gateway_view(updated, facilities)
+
+    def delete_gateway(self, caller: Caller, fg: str, gateway_id: str) -> None:
+        gw = self._gateway(caller, fg, gateway_id)
+        if gw.provisioning_state != "READY":
+            raise Conflict("the gateway is being deleted")
+
+        def refusal() -> Optional[str]:
+            if self._store.gateway_has_destinations(fg, gateway_id):
+                return GATEWAY_HAS_DESTINATIONS
+            if self._store.has_open_jobs(fg, "gateway_id", gateway_id):
+                return GATEWAY_HAS_JOBS
+            return None
+
+        reason = refusal()
+        if reason:
+            raise Conflict(reason)
+        self._prov.delete(gw, caller.label, refusal)
+
+    def service_account_key(self, caller: Caller, fg: str, gateway_id: str) -> bytes:
+        gw = self._gateway(caller, fg, gateway_id)
+        key = self._vault.get(sa_key_object(fg, gw.id), fresh=True)
+        if key is None:
+            raise NotFound("no key stored for this gateway")
+        self._store.audit(fg, caller.label, "gateway.key.download", "gateway", gw.id, self._clock.now())
+        return key
+
+    def result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str) -> bytes:
+        gw = self._gateway(caller, fg, gateway_id)
+        key = self._vault.get(result_key_object(fg, gw.id), fresh=True)
+        if key is None:
+            raise NotFound("no result endpoint key stored for this gateway")
+        self._store.audit(fg, caller.label, "gateway.result_key.download", "gateway", gw.id, self._clock.now())
+        return key
+
+    def rotate_service_account_key(self, caller: Caller, fg: str, gateway_id: str) -> dict:
+        """New key stored first, then the old one revoked: the gateway keeps working until an
+        administrator installs the new key (downloaded with the key endpoint)."""
+        gw = self._gateway(caller, fg, gateway_id)
+        name, key_json = self._iam.create_key(gw.service_account_email)
+        try:
+            self._vault.put(sa_key_object(fg, gw.id), key_json, "application/json")
+        except Exception:
+            self._iam.delete_key(name)  # never leave an unrecorded key behind
+            raise
+        updated = dataclasses.replace(gw, service_account_key_id=name, updated_at=self._clock.now(), updated_by=caller.label)
+        self._store.put_gateway(updated, actor=caller.label, action="gateway.key.rotate", fields=["service_account_key_id"])
+        if gw.service_account_key_id:
+            self._iam.delete_key(gw.service_account_key_id)
+        logs.info("service account key rotated", gateway_id=gw.id, facility_group_id=fg)
+        return gateway_view(updated, self._store.facilities(fg))
+
+    def rotate_result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str) -> None:
+        gw = self._gateway(caller, fg, gateway_id)
+        self._vault.put(result_key_object(fg, gw.id), new_result_key())  # replaces (revokes) the old key
+        self._store.audit(fg, caller.label, "gateway.result_key.rotate", "gateway", gw.id, self._clock.now())
+
+    # -- destinations --------------------------------------------------------------------
+    def list_destinations(self, caller: Caller, fg: str) -> list[dict]:
+        caller.require_group(fg)
+        names = self._store.facilities(fg)
+        gateways = {g.id: g for g in self._store.list_gateways(fg)}
+        return [destination_view(d, gateways.get(d.gateway_id), names) for d in self._store.list_destinations(fg)]
+
+    def get_destination(self, caller: Caller, fg: str, destination_id: str) -> dict:
+        d = self._destination(caller, fg, destination_id)
+        return destination_view(d, self._store.get_gateway(fg, d.gateway_id), self._store.facilities(fg))
+
+    def _validated(self, fg: str, data: Mapping[str, Any], destination_id: str, previous: Optional[Destination]) -> tuple:
+        facilities = self._store.facilities(fg)
+        gw_id = data.get("gateway_id")
+        gateway = self._store.get_gateway(fg, gw_id) if is_valid_id(gw_id) else None
+        if gateway is not None and gateway.provisioning_state != "READY":
+            gateway = None
+        d = validate_destination(data, destination_id=destination_id, facility_group_id=fg, gateway=gateway,
+                                 group_facility_ids=frozenset(facilities), now=self._clock.now(), previous=previous)
+        return d, gateway, facilities
+
+    def create_destination(self, caller: Caller, fg: str, data: Any) -> dict:
+        caller.require_group(fg)
+        d, gateway, facilities = self._validated(fg, _body(data, DESTINATION_FIELDS), new_destination_id(), None)
+        d = dataclasses.replace(d, created_by=caller.label, updated_by=caller.label)
+        self._store.put_destination(d, create=True, actor=caller.label, action="destination.create", fields=[])
+        return destination_view(d, gateway, facilities)
+
+    def update_destination(self, caller: Caller, fg: str, destination_id: str, data: Any) -> dict:
+        current = self._destination(caller, fg, destination_id)
+        patch = _body(data, DESTINATION_FIELDS)
+        merged = {**destination_input(current), **patch}
+        d, gateway, facilities = self._validated(fg, merged, current.id, current)
+        d = dataclasses.replace(d, updated_by=caller.label)
+        self._store.put_destination(d, create=False, actor=caller.label, action="destination.update",
+                                    fields=_changed(current, d, DESTINATION_FIELDS))
+        return destination_view(d, gateway, facilities)
+
+    def set_destination_active(self, caller: Caller, fg: str, destination_id: str, active: bool) -> dict:
+        return self.update_destination(caller, fg, destination_id, {"active": active})
+
+    def delete_destination(self, caller: Caller, fg: str, destination_id: str) -> None:
+        d = self._destination(caller, fg, destination_id)
+        if self._store.has_open_jobs(fg, "destination_id", d.id):
+            raise Conflict("The destination has jobs in progress: wait for them to complete.")
+        self._store.delete_destination(fg, d.id, actor=caller.label, at=self._clock.now())
+
+
+def new_destination_id() -> str:
+    return "dst-" + secrets.token_hex(5)
+
+
+def destination_input(d: Destination) -> dict:
+    """A destination as admin input (the fields a PATCH may change)."""
+    return {
+        "name": d.name, "type": d.type, "host": d.host, "port": d.port, "called_ae_title": d.called_ae_title,
+        "calling_ae_title": d.calling_ae_title, "moving_ae_title": d.moving_ae_title, "gateway_id": d.gateway_id,
+        "facility_ids": list(d.facility_ids), "max_retries": d.max_retries, "retry_timeout_seconds": d.retry_timeout_seconds,
+        "transfer_syntax_uid": d.transfer_syntax_uid, "excluded_sop_class_uids": list(d.excluded_sop_class_uids),
+        "auto_archive": d.auto_archive, "trigger_status": d.trigger_status.value if d.trigger_status else None,
+        "support_iocm": d.support_iocm, "allow_prefetch": d.allow_prefetch, "active": d.active,
+    }
+
+
+def _facility_names(ids: tuple[str, ...], names: Mapping[str, str]) -> str:
+    """The Facilities column: names, or "All" for an empty scope (seed 000: blank = all)."""
+    return ", ".join(names.get(f, f) for f in ids) if ids else "All"
+
+
+def gateway_view(g: Gateway, facility_names: Mapping[str, str]) -> dict:
+    """A row of the Gateways table (seed 000) plus the details an administrator needs to link the
+    physical gateway (seed 000 Step 3). Never any key material."""
+    return {
+        "id": g.id, "name": g.name, "description": g.description,
+        "pubsub_subscription_id": g.subscription_id, "pubsub_topic_id": g.topic_id,
+        "created_by": g.created_by, "updated_by": g.updated_by,
+        "created_at": iso(g.created_at), "updated_at": iso(g.updated_at),
+        "facility_ids": list(g.facility_ids), "facilities": _facility_names(g.facility_ids, facility_names),
+        "active": g.active, "provisioning_state": g.provisioning_state,
+        "service_account_email": g.service_account_email,
+        "sa_json_download": f"/v1/facility-groups/{g.facility_group_id}/gateways/{g.id}/service-account-key",
+    }
+
+
+def destination_view(d: Destination, gateway: Optional[Gateway], facility_names: Mapping[str, str]) -> dict:
+    """A row of the Destinations table (seed 000 "Destinations Table Reference") plus every field."""
+    return {
+        **destination_input(d), "id": d.id, "archive": d.archive_text,
+        "gateway_name": gateway.name if gateway else "",
+        "facilities": _facility_names(d.facility_ids, facility_names),
+        "created_by": d.created_by, "updated_by": d.updated_by,
+        "created_at": iso(d.created_at), "updated_at": iso(d.updated_at),
+    }

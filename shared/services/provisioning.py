@@ -1,0 +1,208 @@
+"""Creating and removing a gateway's cloud resources as one unit (rule 7 of ARCHITECTURE.md).
+
+Create: write the durable log, then for each step of CREATE_STEPS record the intent in the log and
+run the step; the last step writes the gateway record and marks the log DONE in one batch. On any
+failure every attempted step is undone in reverse order and the log is marked ROLLED_BACK; if the
+function dies instead, the log's lease runs out and the sweeper undoes it. Delete is the same undo
+of every step, recorded as a DELETE log so a crashed deletion is finished too."""
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+from .. import logs
+from ..adapters.gcs import result_key_object, sa_key_object
+from ..domain.errors import ArchSyncError, Conflict, TransientError
+from ..domain.models import Gateway
+from ..domain.provisioning import CREATE_STEPS, GatewayResources, LogState, Operation, ProvisioningLog
+from ..ports import Clock
+
+SUBSCRIBER_ROLE = "roles/pubsub.subscriber"
+
+
+@dataclass(frozen=True)
+class ProvisioningSettings:
+    objects_bucket: str
+    gateway_dead_letter_topic: str = "archsync-gateway-dead-letter"
+    # Pub/Sub's service agent must be able to pull from a subscription to dead-letter its messages.
+    pubsub_service_agent: str = ""
+    ack_deadline_seconds: int = 300
+    retention_seconds: int = 7 * 24 * 3600
+    max_delivery_attempts: int = 10
+    lease_seconds: int = 300  # > the admin function's timeout: a live function is never overtaken
+
+
+@dataclass
+class Cloud:
+    """The adapters provisioning drives (Pub/Sub admin, IAM admin, bucket IAM, key vault)."""
+
+    pubsub: Any
+    iam: Any
+    bucket_iam: Any
+    vault: Any
+
+    def call_count(self) -> int:
+        return sum(getattr(x, "calls", 0) for x in (self.pubsub, self.iam, self.bucket_iam, self.vault))
+
+
+class ProvisioningFailed(TransientError):
+    """Provisioning failed and everything it created was removed; the request may be retried."""
+
+
+class Provisioner:
+    def __init__(self, store: Any, cloud: Cloud, clock: Clock, settings: ProvisioningSettings):
+        self._store, self._cloud, self._clock, self._settings = store, cloud, clock, settings
+
+    # -- create --------------------------------------------------------------------------
+    def create(self, gateway: Gateway, actor: str) -> Gateway:
+        res = GatewayResources(gateway.facility_group_id, gateway.id)
+        now = self._clock.now()
+        log = ProvisioningLog(gateway.facility_group_id, gateway.id, Operation.CREATE, LogState.IN_PROGRESS, now,
+                              now + timedelta(seconds=self._settings.lease_seconds), actor=actor)
+        self._store.begin_log(log)
+        state: dict[str, Any] = {"gateway": gateway}
+        attempted: list[str] = []
+        try:
+            for step in CREATE_STEPS:
+                self._store.log_step(res.facility_group_id, res.gateway_id, step)
+                attempted.append(step)
+                self._do(step, res, state, actor)
+        except Exception as e:  # not BaseException: a dying process leaves the rollback to the sweeper
+            why = str(e) if isinstance(e, ArchSyncError) else type(e).__name__
+            logs.error("gateway provisioning failed; rolling back", gateway_id=res.gateway_id,
+                       facility_group_id=res.facility_group_id, step=attempted[-1] if attempted else None, why=why)
+            self._rollback(res, attempted, why)
+            raise ProvisioningFailed(f"Gateway provisioning failed at step '{attempted[-1]}' and was rolled back; "
+                                     "nothing was created. Retry later.") from None
+        logs.info("gateway provisioned", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
+        return state["gateway"]
+
+    def _do(self, step: str, res: GatewayResources, state: dict, actor: str) -> None:
+        c, s = self._cloud, self._settings
+        email = c.iam.email(res.account_id)
+        member = f"serviceAccount:{email}"
+        if step == "topic":
+            c.pubsub.create_topic(res.topic_id)
+        elif step == "subscription":
+            c.pubsub.create_subscription(res.subscription_id, res.topic_id, ack_deadline_seconds=s.ack_deadline_seconds,
+                                         retention_seconds=s.retention_seconds, dead_letter_topic_id=s.gateway_dead_letter_topic,
+                                         max_delivery_attempts=s.max_delivery_attempts)
+        elif step == "service_account":
+            c.iam.create_service_account(res.account_id, f"ArchSync gateway {state['gateway'].name}")
+        elif step == "subscription_binding":
+            # Subscriber on its own subscription only: it can pull and ack its jobs, nothing else.
+            c.pubsub.grant_subscription_role(res.subscription_id, SUBSCRIBER_ROLE, self._members(email))
+        elif step == "bucket_binding":
+            c.bucket_iam.grant_prefix_reader(s.objects_bucket, member, res.objects_prefix)
+        elif step == "service_account_key":
+            key_name, key_json = c.iam.create_key(email)
+            c.vault.put(sa_key_object(res.facility_group_id, res.gateway_id), key_json, "application/json")
+            state["key_name"] = key_name
+        elif step == "result_key":
+            c.vault.put(result_key_object(res.facility_group_id, res.gateway_id), new_result_key())
+        elif step == "record":
+            now = self._clock.now()
+            gw = dataclasses.replace(state["gateway"], topic_id=res.topic_id, subscription_id=res.subscription_id,
+                                     service_account_email=email, service_account_key_id=state.get("key_name", ""),
+                                     provisioning_state="READY", created_at=now, updated_at=now,
+                                     created_by=actor, updated_by=actor)
+            self._store.create_gateway_record(gw, actor=actor)
+            state["gateway"] = gw
+        else:  # pragma: no cover - CREATE_STEPS and this function change together
+            raise AssertionError(step)
+
+    def _members(self, email: str) -> list[str]:
+        agent = self._settings.pubsub_service_agent
+        return [f"serviceAccount:{email}"] + ([f"serviceAccount:{agent}"] if agent else [])
+
+    # -- undo ----------------------------------------------------------------------------
+    def _undo(self, res: GatewayResources, steps: list[str], actor: str, audited_delete: bool) -> None:
+        """Undo ``steps`` in reverse; every undo is idempotent (missing resources are fine)."""
+        c, s = self._cloud, self._settings
+        email = c.iam.email(res.account_id)
+        for step in reversed([x for x in CREATE_STEPS if x in steps]):
+            if step == "record":
+                self._store.delete_gateway_record(res.facility_group_id, res.gateway_id, actor=actor,
+                                                  at=self._clock.now(), audited=audited_delete)
+            elif step == "result_key":
+                c.vault.delete(result_key_object(res.facility_group_id, res.gateway_id))
+            elif step == "service_account_key":
+                c.vault.delete(sa_key_object(res.facility_group_id, res.gateway_id))  # deleting the account revokes the key
+            elif step == "bucket_binding":
+                c.bucket_iam.revoke_member(s.objects_bucket, f"serviceAccount:{email}")
+            elif step == "subscription_binding":
+                c.pubsub.revoke_subscription_role(res.subscription_id, SUBSCRIBER_ROLE, self._members(email))
+            elif step == "service_account":
+                c.iam.delete_service_account(email)
+            elif step == "subscription":
+                c.pubsub.delete_subscription(res.subscription_id)  # its IAM policy goes with it
+            elif step == "topic":
+                c.pubsub.delete_topic(res.topic_id)
+
+    def _rollback(self, res: GatewayResources, steps: list[str], why: str) -> None:
+        try:
+            self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLING_BACK, why)
+            self._undo(res, steps, actor="", audited_delete=False)
+            self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLED_BACK)
+        except Exception as e:  # the log stays ROLLING_BACK: the sweeper finishes when its lease runs out
+            logs.error("rollback incomplete; the sweeper will finish it", gateway_id=res.gateway_id,
+                       facility_group_id=res.facility_group_id, why=type(e).__name__)
+
+    # -- delete --------------------------------------------------------------------------
+    def delete(self, gateway: Gateway, actor: str, still_free: Callable[[], Optional[str]]) -> None:
+        """Remove every resource of a gateway. ``still_free`` re-checks, after the gateway was
+        marked DELETING (so no new job can start), that nothing uses it; it returns the reason to
+        refuse, and the gateway is then put back as it was."""
+        res = GatewayResources(gateway.facility_group_id, gateway.id)
+        now = self._clock.now()
+        log = ProvisioningLog(res.facility_group_id, res.gateway_id, Operation.DELETE, LogState.IN_PROGRESS, now,
+                              now + timedelta(seconds=self._settings.lease_seconds), steps=list(CREATE_STEPS), actor=actor)
+        self._store.begin_log(log, replace_state=LogState.DONE)
+        deleting = dataclasses.replace(gateway, provisioning_state="DELETING", updated_at=now, updated_by=actor)
+        self._store.put_gateway(deleting, actor=actor, action="gateway.delete.start", fields=["provisioning_state"])
+        reason = still_free()
+        if reason:
+            self._store.put_gateway(gateway, actor=actor, action="gateway.delete.refused", fields=["provisioning_state"])
+            self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DONE, reason)
+            raise Conflict(reason)
+        self._undo(res, list(CREATE_STEPS), actor, audited_delete=True)
+        self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DELETED)
+        logs.info("gateway deleted", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
+
+    # -- sweeper -------------------------------------------------------------------------
+    def finish_stale(self, limit: int = 50) -> list[str]:
+        """Finish what dead functions left: roll back unfinished creations, complete deletions."""
+        done = []
+        now = self._clock.now()
+        for log in self._store.stale_logs(now, limit):
+            claimed = self._store.claim_log(log.facility_group_id, log.gateway_id, now,
+                                            now + timedelta(seconds=self._settings.lease_seconds))
+            if claimed is None:
+                continue
+            res = GatewayResources(log.facility_group_id, log.gateway_id)
+            try:
+                if claimed.operation is Operation.CREATE:
+                    self._undo(res, claimed.steps, actor="sweeper", audited_delete=False)
+                    self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLED_BACK)
+                else:
+                    self._undo(res, list(CREATE_STEPS), actor=claimed.actor or "sweeper", audited_delete=True)
+                    self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DELETED)
+                done.append(log.gateway_id)
+                logs.warning("finished abandoned gateway operation", gateway_id=log.gateway_id,
+                             operation=claimed.operation.value, facility_group_id=log.facility_group_id)
+            except ArchSyncError as e:  # try again at the next sweep (the lease runs out again)
+                logs.error("could not finish abandoned gateway operation", gateway_id=log.gateway_id, why=str(e))
+        return done
+
+
+def new_result_key() -> bytes:
+    """A Result Endpoint secure key: 256 random bits as URL-safe text, so an administrator can paste
+    it into the gateway's "Result Endpoint Secure Key" field; the HMAC key is its UTF-8 bytes."""
+    return secrets.token_urlsafe(32).encode()
+
+
+def new_gateway_id() -> str:
+    return "gw-" + secrets.token_hex(5)

@@ -1,0 +1,213 @@
+"""Atomic gateway provisioning (rule 7; seed 000 Step 1): every resource is created, or none is —
+also when a step fails or the function dies at any step — and deletion removes them all."""
+from __future__ import annotations
+
+import json
+import pytest
+
+from shared.adapters.gcs import result_key_object, sa_key_object
+from shared.domain.errors import Conflict, TransientError
+from shared.domain.models import Facility, FacilityGroup
+from shared.domain.provisioning import CREATE_STEPS, GatewayResources, LogState
+from shared.domain.validation import validate_gateway
+from shared.services.provisioning import Provisioner, ProvisioningFailed, ProvisioningSettings
+
+AGENT = "service-123@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+
+class SimulatedCrash(BaseException):
+    """The function instance dies (a BaseException: nothing in the code may catch it)."""
+
+
+@pytest.fixture
+def env(stack):
+    stack.store.save_facility_group(FacilityGroup("fg-1", "Group 1"))
+    stack.store.save_facility(Facility("fac-a", "fg-1", "Facility A"))
+    stack.topic("archsync-gateway-dead-letter")
+    stack.cloud_ = stack.cloud()
+    stack.prov = Provisioner(stack.store, stack.cloud_, stack.clock, ProvisioningSettings(
+        objects_bucket=stack.objects_bucket, pubsub_service_agent=AGENT, lease_seconds=300))
+    return stack
+
+
+def new_gateway(gid="gw-0123456789"):
+    return validate_gateway({"name": "Main gateway", "facility_ids": ["fac-a"]}, gateway_id=gid, facility_group_id="fg-1",
+                            group_facility_ids=frozenset({"fac-a"}), topic_id="", subscription_id="")
+
+
+def leftovers(s, gid="gw-0123456789") -> dict:
+    """Everything that may exist for the gateway, in every system."""
+    res = GatewayResources("fg-1", gid)
+    iam, bucket_iam = s.emulators["iam"], s.emulators["bucket_iam"]
+    member = f"serviceAccount:{res.account_id}@{s.project}.iam.gserviceaccount.com"
+    topics = [t.name for t in s.publisher_client.list_topics(request={"project": f"projects/{s.project}"})]
+    subs = [x.name for x in s.subscriber.list_subscriptions(request={"project": f"projects/{s.project}"})]
+    return {
+        "topics": [t for t in topics if gid in t],
+        "subscriptions": [x for x in subs if gid in x],
+        "service_accounts": [e for e in iam.service_accounts if res.account_id in e],
+        "keys": [k for e, ks in iam.keys.items() if res.account_id in e for k in ks],
+        "subscription_bindings": [r for r, p in iam.policies.items() if any(member in b.members for b in p.bindings)],
+        "bucket_bindings": [b for b, p in bucket_iam.policies.items()
+                            if any(member in x.get("members", []) for x in p.get("bindings", []))],
+        "vault_objects": [b.name for b in s.gcs.list_blobs(s.key_bucket) if gid in b.name],
+        "record": s.store.get_gateway("fg-1", gid) is not None,
+    }
+
+
+NOTHING = {"topics": [], "subscriptions": [], "service_accounts": [], "keys": [], "subscription_bindings": [],
+           "bucket_bindings": [], "vault_objects": [], "record": False}
+
+
+def test_create_provisions_every_resource(env):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    left = leftovers(env)
+    assert len(left["topics"]) == 1 and len(left["subscriptions"]) == 1 and len(left["service_accounts"]) == 1
+    assert len(left["keys"]) == 1 and left["record"] and len(left["vault_objects"]) == 2
+    assert (gw.topic_id, gw.subscription_id) == ("gateway-pubsub-gw-0123456789", "gateway-pubsub-gw-0123456789-sub")
+    assert gw.provisioning_state == "READY" and gw.created_by == "Pat Admin" and gw.service_account_key_id in left["keys"]
+
+    sub = env.subscriber.get_subscription(subscription=env.subscriber.subscription_path(env.project, gw.subscription_id))
+    assert sub.ack_deadline_seconds == 300 and sub.dead_letter_policy.max_delivery_attempts == 10
+    assert sub.dead_letter_policy.dead_letter_topic.endswith("/topics/archsync-gateway-dead-letter")
+    assert sub.message_retention_duration.total_seconds() == 7 * 24 * 3600
+
+    # Subscriber on its own subscription only (plus Pub/Sub's agent, for dead-lettering).
+    iam = env.emulators["iam"]
+    [resource] = left["subscription_bindings"]
+    assert resource.endswith(gw.subscription_id)
+    [binding] = iam.policies[resource].bindings
+    assert binding.role == "roles/pubsub.subscriber"
+    assert set(binding.members) == {f"serviceAccount:{gw.service_account_email}", f"serviceAccount:{AGENT}"}
+    # Object reads limited to the gateway's own prefix of the objects bucket.
+    [bucket] = left["bucket_bindings"]
+    [b] = env.emulators["bucket_iam"].policies[bucket]["bindings"]
+    assert b["role"] == "roles/storage.objectViewer"
+    assert b["condition"]["expression"] == (f'resource.name.startsWith("projects/_/buckets/{env.objects_bucket}'
+                                            '/objects/gateways/gw-0123456789/")')
+
+    key = json.loads(env.vault.get(sa_key_object("fg-1", gw.id)))
+    assert key["type"] == "service_account" and key["client_email"] == gw.service_account_email
+    assert len(env.vault.get(result_key_object("fg-1", gw.id))) >= 43
+    assert env.store.get_log("fg-1", gw.id).state is LogState.DONE
+    assert [e["action"] for e in env.store.audit_entries("fg-1")] == ["gateway.create"]
+
+
+@pytest.mark.parametrize("step", CREATE_STEPS)
+def test_failure_at_any_step_rolls_everything_back(env, step, monkeypatch):
+    real = Provisioner._do
+
+    def failing(self, s, *a, **k):
+        real(self, s, *a, **k)  # worst case: the step took effect, then its call "failed"
+        if s == step:
+            raise TransientError(f"injected failure after {s}")
+
+    monkeypatch.setattr(Provisioner, "_do", failing)
+    with pytest.raises(ProvisioningFailed, match=step):
+        env.prov.create(new_gateway(), "Pat Admin")
+    assert leftovers(env) == NOTHING
+    log = env.store.get_log("fg-1", "gw-0123456789")
+    assert log.state is LogState.ROLLED_BACK and "injected failure" in log.error
+
+
+@pytest.mark.parametrize("step", CREATE_STEPS)
+def test_crash_at_any_step_is_rolled_back_by_the_sweeper(env, step, monkeypatch):
+    real = Provisioner._do
+
+    def crashing(self, s, *a, **k):
+        real(self, s, *a, **k)
+        if s == step:
+            raise SimulatedCrash(s)
+
+    monkeypatch.setattr(Provisioner, "_do", crashing)
+    with pytest.raises(SimulatedCrash):
+        env.prov.create(new_gateway(), "Pat Admin")
+    monkeypatch.setattr(Provisioner, "_do", real)
+    log = env.store.get_log("fg-1", "gw-0123456789")
+    if step == "record":  # the crash came after the final atomic write: provisioning is complete
+        assert log.state is LogState.DONE and leftovers(env)["record"]
+        return
+    assert log.state is LogState.IN_PROGRESS and log.steps[-1] == step
+    assert env.prov.finish_stale() == []  # a live function is never overtaken within its lease
+    env.clock.advance(seconds=301)
+    assert env.prov.finish_stale() == ["gw-0123456789"]
+    assert leftovers(env) == NOTHING
+    assert env.store.get_log("fg-1", "gw-0123456789").state is LogState.ROLLED_BACK
+    assert env.prov.finish_stale() == []
+
+
+def test_crash_during_rollback_is_finished_by_the_sweeper(env, monkeypatch):
+    real_do, real_undo = Provisioner._do, Provisioner._undo
+
+    def failing(self, s, *a, **k):
+        real_do(self, s, *a, **k)
+        if s == "result_key":
+            raise TransientError("injected")
+
+    def dying_undo(self, *a, **k):
+        raise SimulatedCrash("during rollback")
+
+    monkeypatch.setattr(Provisioner, "_do", failing)
+    monkeypatch.setattr(Provisioner, "_undo", dying_undo)
+    with pytest.raises(SimulatedCrash):
+        env.prov.create(new_gateway(), "Pat Admin")
+    monkeypatch.setattr(Provisioner, "_undo", real_undo)
+    assert env.store.get_log("fg-1", "gw-0123456789").state is LogState.ROLLING_BACK
+    env.clock.advance(seconds=301)
+    assert env.prov.finish_stale() == ["gw-0123456789"]
+    assert leftovers(env) == NOTHING
+
+
+def test_cloud_failure_from_the_iam_service_rolls_back(env):
+    import grpc
+
+    env.emulators["iam"].fail_next("CreateServiceAccountKey", grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(ProvisioningFailed, match="service_account_key"):
+        env.prov.create(new_gateway(), "Pat Admin")
+    assert leftovers(env) == NOTHING
+
+
+def test_same_gateway_cannot_be_provisioned_twice_concurrently(env):
+    env.prov.create(new_gateway(), "Pat Admin")
+    with pytest.raises(Conflict):
+        env.prov.create(new_gateway(), "Pat Admin")
+
+
+def test_delete_removes_every_resource(env):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    env.prov.delete(gw, "Pat Admin", lambda: None)
+    assert leftovers(env) == NOTHING
+    assert env.store.get_log("fg-1", gw.id).state is LogState.DELETED
+    assert {"gateway.delete.start", "gateway.delete"} <= {e["action"] for e in env.store.audit_entries("fg-1")}
+
+
+def test_delete_refused_late_puts_the_gateway_back(env):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    with pytest.raises(Conflict, match="in use"):
+        env.prov.delete(gw, "Pat Admin", lambda: "in use")
+    assert env.store.get_gateway("fg-1", gw.id).provisioning_state == "READY"
+    assert env.store.get_log("fg-1", gw.id).state is LogState.DONE
+    assert leftovers(env)["record"] and leftovers(env)["service_accounts"]
+
+
+def test_crashed_delete_is_completed_by_the_sweeper(env, monkeypatch):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    real = env.cloud_.iam.delete_service_account
+
+    def dying(email):
+        raise SimulatedCrash("during delete")
+
+    monkeypatch.setattr(env.cloud_.iam, "delete_service_account", dying)
+    with pytest.raises(SimulatedCrash):
+        env.prov.delete(gw, "Pat Admin", lambda: None)
+    monkeypatch.setattr(env.cloud_.iam, "delete_service_account", real)
+    env.clock.advance(seconds=301)
+    assert env.prov.finish_stale() == [gw.id]
+    assert leftovers(env) == NOTHING
+    assert env.store.get_log("fg-1", gw.id).state is LogState.DELETED
+
+
+def test_provisioning_calls_are_counted(env):
+    before = env.cloud_.call_count()
+    env.prov.create(new_gateway(), "Pat Admin")
+    assert env.cloud_.call_count() - before == 10  # topic, sub, SA, 2 sub-IAM, 2 bucket-IAM, key, 2 vault puts
