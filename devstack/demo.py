@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
@@ -24,46 +24,85 @@ PROJECT = "archsync-demo"
 FG = "fg-north"
 EXAM_TOPIC = "archsync-exam-status"
 DEAD_LETTER_TOPIC = "archsync-dead-letter"
-FUNCTIONS = ("on_exam_status_changed", "on_job_result", "sweep_jobs", "lock_status")
+FUNCTIONS = ("admin_api", "on_exam_status_changed", "on_job_result", "sweep_jobs", "lock_status")
+KEY_BUCKET, OBJECTS_BUCKET = "archsync-demo-keys", "archsync-demo-objects"
+
+
+class _DemoIdp:
+    """Stands in for the platform's identity provider: signs the administrator's JWT."""
+
+    ISSUER, AUDIENCE = "https://idp.demo.local", "archsync-admin-api"
+
+    def __init__(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.public_pem = self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+    def token(self) -> str:
+        import jwt
+
+        now = int(time.time())
+        return jwt.encode({"sub": "demo-admin", "name": "Demo Admin", "iss": self.ISSUER, "aud": self.AUDIENCE, "iat": now,
+                           "exp": now + 3600, "facility_groups": [FG]}, self._key, algorithm="RS256")
 # Short windows so a job whose gateway never answers times out within the run.
 TIMING = {"ARCHSYNC_DISPATCH_GRACE_SECONDS": "4", "ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS": "2"}
 
 
-def _seed(store, now: datetime) -> dict[str, bytes]:
-    from shared.domain.models import Destination, ExamStatus, Facility, FacilityGroup, Gateway
+def _http_json(method: str, url: str, body: Optional[dict] = None, token: str = "") -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+    req = urllib.request.Request(url, method=method, data=data,
+                                 headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if resp.headers.get_content_type() == "application/json" and raw else raw)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _configure(store, admin: str, token: str, say) -> dict[str, dict]:
+    """Seed 000 Steps 1-2 through the admin API: gateways (provisioned for real against the local
+    stand-ins) and destinations. The facility group and its facilities are platform data."""
+    from shared.domain.models import Facility, FacilityGroup
 
     store.save_facility_group(FacilityGroup(FG, "North Valley Imaging"))
     for fid, name in (("fac-main", "Main Hospital"), ("fac-east", "East Clinic"), ("fac-west", "West Clinic")):
         store.save_facility(Facility(fid, FG, name, send_adt=True))
-    gateways = [
-        Gateway("gw-main", FG, "Main datacenter gateway", "archsync-gw-fg-north-gw-main", "archsync-gw-fg-north-gw-main-sub",
-                created_by="demo", created_at=now),
-        Gateway("gw-east", FG, "East clinic gateway", "archsync-gw-fg-north-gw-east", "archsync-gw-fg-north-gw-east-sub",
-                facility_ids=("fac-east",), created_by="demo", created_at=now),
-    ]
-    for gw in gateways:
-        store.save_gateway(gw)
-    common = dict(facility_group_id=FG, port=11112, calling_ae_title="GW_SCU", created_at=now, auto_archive_since=now)
-    for d in (
-        Destination(id="vna-enterprise", name="Enterprise VNA", host="10.20.0.31", called_ae_title="VNA_ENT",
-                    gateway_id="gw-main", auto_archive=True, trigger_status=ExamStatus.COMPLETED, support_iocm=True,
-                    max_retries=2, retry_timeout_seconds=1, **common),
-        Destination(id="pacs-legacy", name="Legacy PACS archive", host="10.20.0.40", called_ae_title="LEGACY_AR",
-                    gateway_id="gw-main", facility_ids=("fac-main",), auto_archive=True, trigger_status=ExamStatus.PENDING,
-                    max_retries=1, retry_timeout_seconds=1, **common),
-        Destination(id="east-archive", name="East clinic archive", host="192.168.5.10", called_ae_title="EAST_AR",
-                    gateway_id="gw-east", auto_archive=True, trigger_status=ExamStatus.INFLIGHT, max_retries=0,
-                    retry_timeout_seconds=1, **common),
-        Destination(id="vna-retired", name="Retired VNA (inactive)", host="10.20.0.99", called_ae_title="OLD_VNA",
-                    gateway_id="gw-main", auto_archive=True, trigger_status=ExamStatus.COMPLETED, active=False, **common),
-        Destination(id="research-manual", name="Research archive (manual only)", host="10.30.0.5", called_ae_title="RESEARCH",
-                    gateway_id="gw-main", **{**common, "auto_archive_since": None}),
+    base = f"{admin}/v1/facility-groups/{FG}"
+    gateways = {}
+    for key, body in (("main", {"name": "Main datacenter gateway"}),
+                      ("east", {"name": "East clinic gateway", "facility_ids": ["fac-east"]})):
+        status, gw = _http_json("POST", f"{base}/gateways", body, token)
+        assert status == 201, gw
+        status, result_key = _http_json("GET", f"{base}/gateways/{gw['id']}/result-endpoint-key", token=token)
+        gateways[key] = {**gw, "result_key": result_key}
+        say(f"  gateway {gw['name']!r}: subscription {gw['pubsub_subscription_id']}, service account {gw['service_account_email']}")
+    common = {"type": "DICOM_SCP", "port": 11112, "calling_ae_title": "GW_SCU"}
+    for body in (
+        {"name": "Enterprise VNA", "host": "10.20.0.31", "called_ae_title": "VNA_ENT", "gateway_id": gateways["main"]["id"],
+         "auto_archive": True, "trigger_status": "COMPLETED", "support_iocm": True, "max_retries": 2, "retry_timeout_seconds": 1},
+        {"name": "Legacy PACS archive", "host": "10.20.0.40", "called_ae_title": "LEGACY_AR", "gateway_id": gateways["main"]["id"],
+         "facility_ids": ["fac-main"], "auto_archive": True, "trigger_status": "PENDING", "max_retries": 1, "retry_timeout_seconds": 1},
+        {"name": "East clinic archive", "host": "192.168.5.10", "called_ae_title": "EAST_AR", "gateway_id": gateways["east"]["id"],
+         "auto_archive": True, "trigger_status": "INFLIGHT", "max_retries": 0, "retry_timeout_seconds": 1},
+        {"name": "Retired VNA (inactive)", "host": "10.20.0.99", "called_ae_title": "OLD_VNA", "gateway_id": gateways["main"]["id"],
+         "auto_archive": True, "trigger_status": "COMPLETED", "active": False},
+        {"name": "Research archive (manual only)", "host": "10.30.0.5", "called_ae_title": "RESEARCH",
+         "gateway_id": gateways["main"]["id"]},
     ):
-        store.save_destination(d)
-    keys = {gw.id: secrets.token_bytes(32) for gw in gateways}
-    for gw_id, key in keys.items():
-        store.save_result_key(FG, gw_id, key)
-    return keys
+        status, d = _http_json("POST", f"{base}/destinations", {**common, **body}, token)
+        assert status == 201, d
+        say(f"  destination {d['name']!r}: Archive {d['archive']}, gateway {d['gateway_name']!r}, facilities {d['facilities']}")
+    status, bad = _http_json("POST", f"{base}/destinations", {**common, "name": "Typo", "host": "10.0.0.1",
+                                                               "called_ae_title": "HAS SPACE", "gateway_id": gateways["east"]["id"],
+                                                               "facility_ids": ["fac-main"], "max_retries": -1}, token)
+    say(f"  an invalid destination is refused: {status} {sorted(bad['error']['fields'])}")
+    status, refused = _http_json("DELETE", f"{base}/gateways/{gateways['main']['id']}", token=token)
+    say(f"  deleting a gateway with destinations is refused: {status} {refused['error']['message']}")
+    return gateways
 
 
 def _events(now: datetime) -> list[dict]:
@@ -103,11 +142,11 @@ def _events(now: datetime) -> list[dict]:
 def _verdict(job: dict) -> Optional[tuple[str, Optional[str]]]:
     """How the simulated archives answer: exam-05 to the VNA is refused, the east archive never
     answers for exam-07 (its gateway dies mid-job), everything else succeeds."""
-    exam, dest = job["study"]["exam_id"], job["destination"]["id"]
-    if exam == "exam-05" and dest == "vna-enterprise":
+    exam, dest = job["study"]["exam_id"], job["destination"]["name"]
+    if exam == "exam-05" and dest == "Enterprise VNA":
         return ("FAILED", "Association rejected by VNA_ENT: called AE title not recognized "
                           "(A-ASSOCIATE-RJ source 1, reason 7) after 3 attempts")
-    if exam == "exam-07" and dest == "east-archive":
+    if exam == "exam-07" and dest == "East clinic archive":
         return None
     return ("COMPLETED", None)
 
@@ -122,26 +161,39 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None) -> dict:
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     log_dir = log_dir or Path(os.environ.get("ARCHSYNC_LOG_DIR", "/tmp/archsync-demo-logs"))
     started: list[processes.Service] = []
-    saved_env = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")}
+    saved_env = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
     try:
-        say("Starting the Firestore and Pub/Sub emulators ...")
-        fs, ps = processes.start_firestore(log_dir), processes.start_pubsub(log_dir)
-        started += [fs, ps]
-        os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host})
-        env = {"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "ARCHSYNC_PROJECT_ID": PROJECT,
-               "ARCHSYNC_DEAD_LETTER_TOPIC": DEAD_LETTER_TOPIC, **TIMING}
+        say("Starting the Firestore and Pub/Sub emulators, the GCS emulator and the IAM stand-ins ...")
+        from devstack.gcs import BucketIamStandIn, emulator_url, start_gcs
+        from devstack.iam_standin import IamStandIn
+
+        fs, ps, gcs = processes.start_firestore(log_dir), processes.start_pubsub(log_dir), start_gcs(log_dir)
+        started += [fs, ps, gcs]
+        iam = IamStandIn().start()
+        bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs)).start()
+        started += [iam, bucket_iam]
+        os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host,
+                           "STORAGE_EMULATOR_HOST": emulator_url(gcs)})
+        idp = _DemoIdp()
+        env = {"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "STORAGE_EMULATOR_HOST": emulator_url(gcs),
+               "ARCHSYNC_PROJECT_ID": PROJECT, "ARCHSYNC_DEAD_LETTER_TOPIC": DEAD_LETTER_TOPIC,
+               "ARCHSYNC_KEY_BUCKET": KEY_BUCKET, "ARCHSYNC_OBJECTS_BUCKET": OBJECTS_BUCKET,
+               "ARCHSYNC_IAM_EMULATOR_HOST": iam.address, "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST": bucket_iam.url,
+               "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS": idp.public_pem, "ARCHSYNC_ADMIN_JWT_AUDIENCE": idp.AUDIENCE,
+               "ARCHSYNC_ADMIN_JWT_ISSUER": idp.ISSUER, **TIMING}
         say("Starting the functions under functions-framework ...")
         fns = {name: processes.start_function(name, env, log_dir) for name in FUNCTIONS}
         started += fns.values()
 
-        from google.cloud import firestore, pubsub_v1
+        from google.cloud import firestore, pubsub_v1, storage
 
-        from shared.adapters.firestore_store import FirestoreStore
+        from shared.adapters.firestore_admin import FirestoreAdminStore
 
         publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-        store = FirestoreStore(firestore.Client(project=PROJECT))
-        now = datetime.now(timezone.utc)
-        keys = _seed(store, now)
+        store = FirestoreAdminStore(firestore.Client(project=PROJECT))
+        gcs_client = storage.Client(project=PROJECT)
+        for bucket in (KEY_BUCKET, OBJECTS_BUCKET):
+            gcs_client.create_bucket(bucket)
 
         def topic(name: str) -> str:
             path = publisher.topic_path(PROJECT, name)
@@ -149,6 +201,7 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None) -> dict:
             return path
 
         dlq = topic(DEAD_LETTER_TOPIC)
+        topic("archsync-gateway-dead-letter")
         subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, "dead-letter-audit"), topic=dlq)
         exam_topic = topic(EXAM_TOPIC)
         # Push delivery as in production (infra/pubsub.tf): the topic in the path makes the
@@ -159,12 +212,14 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None) -> dict:
             "ack_deadline_seconds": 30,
             "dead_letter_policy": {"dead_letter_topic": dlq, "max_delivery_attempts": 5},
         })
-        gateways = {}
-        for gw_id, topic_id, sub_id in (("gw-main", "archsync-gw-fg-north-gw-main", "archsync-gw-fg-north-gw-main-sub"),
-                                        ("gw-east", "archsync-gw-fg-north-gw-east", "archsync-gw-fg-north-gw-east-sub")):
-            subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, sub_id), topic=topic(topic_id))
-            gateways[gw_id] = processes_gateway(subscriber, gw_id, sub_id, keys[gw_id], fns["on_job_result"].host)
-        say(f"Seeded facility group {FG}: 3 facilities, 2 gateways, 5 destinations (1 inactive, 1 without auto archive).")
+        now = datetime.now(timezone.utc)
+        say(f"Configuring facility group {FG} through the admin API (seed 000 Steps 1-2) ...")
+        provisioned = _configure(store, f"http://{fns['admin_api'].host}", idp.token(), say)
+        from devstack.gateway_sim import SimulatedGateway
+
+        gateways = {gw["id"]: SimulatedGateway(subscriber, PROJECT, FG, gw["id"], gw["pubsub_subscription_id"], gw["result_key"],
+                                               f"http://{fns['on_job_result'].host}/", _verdict)
+                    for gw in provisioned.values()}
 
         events = _events(now)
         say(f"Replaying {len(events)} exam status events and 1 malformed message through Pub/Sub push ...")
@@ -207,20 +262,15 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None) -> dict:
         say("Stopped all emulators and functions.")
 
 
-def processes_gateway(subscriber, gw_id: str, sub_id: str, key: bytes, result_host: str):
-    from devstack.gateway_sim import SimulatedGateway
-
-    return SimulatedGateway(subscriber, PROJECT, FG, gw_id, sub_id, key, f"http://{result_host}/", _verdict)
-
-
 def _summary(store, subscriber, lock_url: str, observed_locks: dict, sweep: dict) -> dict:
     db = store._db
     jobs = [d.to_dict() for d in db.collection("facility_groups").document(FG).collection("jobs").stream()]
     per_dest: dict[str, Counter] = defaultdict(Counter)
     for j in jobs:
-        per_dest[j["destination_id"]][j["state"]] += 1
+        per_dest[j["destination_name"]][j["state"]] += 1
     exams = sorted({j["exam_id"] for j in jobs})
-    archive = {e: {a.destination_id: a.state.value for a in store.archive_states(FG, e)} for e in exams}
+    names = {d.id: d.name for d in store.list_destinations(FG)}
+    archive = {e: {names[a.destination_id]: a.state.value for a in store.archive_states(FG, e)} for e in exams}
     locks_now = {e: _http("GET", lock_url % e)["locked"] for e in exams}
     dl = subscriber.pull(request={"subscription": subscriber.subscription_path(PROJECT, "dead-letter-audit"),
                                   "max_messages": 10, "return_immediately": True}, timeout=10)
@@ -240,8 +290,8 @@ def _summary(store, subscriber, lock_url: str, observed_locks: dict, sweep: dict
 def _print(s: dict, say) -> None:
     say("\n=== Jobs per destination and state ===")
     for dest, states in s["jobs_per_destination"].items():
-        say(f"  {dest:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
-    say(f"  total jobs: {s['jobs']}  (vna-retired is inactive and research-manual has auto archive off: no jobs)")
+        say(f"  {dest:22s} " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    say(f"  total jobs: {s['jobs']}  (the retired VNA is inactive and the research archive has auto archive off: no jobs)")
     say("\n=== Archive state per exam and destination (no entry = NOT ARCHIVED) ===")
     for exam, states in s["archive_states"].items():
         say(f"  {exam}: " + ", ".join(f"{d}={v}" for d, v in sorted(states.items())))

@@ -6,7 +6,9 @@
    emulators, with 5 eligible destinations per facility group, sequentially and with threads.
 2. Firestore document reads and writes per event, counted by the adapter, for a first delivery
    and for a duplicate delivery.
-3. Cold-start import time of each function module, beside the import time of the client
+3. Gateway provisioning against the emulators and the IAM stand-ins: time to provision, to roll
+   back a provisioning that fails at its last step, and to delete, with the cloud calls each makes.
+4. Cold-start import time of each function module, beside the import time of the client
    libraries it loads on first use (each in a fresh interpreter, median of 5).
 """
 from __future__ import annotations
@@ -31,8 +33,9 @@ from devstack import processes  # noqa: E402
 
 FG = "fg-bench"
 LIBS = {
+    "admin_api": ["google.cloud.firestore", "google.cloud.pubsub_v1", "google.cloud.iam_admin_v1", "google.cloud.storage", "jwt"],
     "on_exam_status_changed": ["google.cloud.firestore", "google.cloud.pubsub_v1", "jsonschema"],
-    "on_job_result": ["google.cloud.firestore", "jsonschema"],
+    "on_job_result": ["google.cloud.firestore", "google.cloud.storage", "jsonschema"],
     "sweep_jobs": ["google.cloud.firestore", "google.cloud.pubsub_v1"],
     "lock_status": ["google.cloud.firestore"],
 }
@@ -116,6 +119,83 @@ def throughput(n: int, threads: int) -> None:
         fs.stop()
 
 
+def provisioning(n: int) -> None:
+    from devstack.gcs import BucketIamStandIn, emulator_url, start_gcs
+    from devstack.iam_standin import IamStandIn
+
+    log_dir = Path(tempfile.mkdtemp(prefix="archsync-bench-"))
+    fs, ps, gcs = processes.start_firestore(log_dir), processes.start_pubsub(log_dir), start_gcs(log_dir)
+    iam, biam = IamStandIn().start(), BucketIamStandIn(upstream=emulator_url(gcs)).start()
+    try:
+        os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host,
+                           "STORAGE_EMULATOR_HOST": emulator_url(gcs)})
+        from google.cloud import firestore, pubsub_v1, storage
+
+        from shared.adapters.firestore_admin import FirestoreAdminStore
+        from shared.adapters.gcs import BucketIam, KeyVault
+        from shared.adapters.iam_admin import IamAdmin
+        from shared.adapters.pubsub_admin import PubSubAdmin
+        from shared.clock import SystemClock
+        from shared.domain.errors import TransientError
+        from shared.domain.models import Gateway
+        from shared.services.provisioning import Cloud, Provisioner, ProvisioningFailed, ProvisioningSettings
+
+        project = "bench-prov"
+        gcs_client = storage.Client(project=project)
+        for b in ("bench-keys", "bench-objects"):
+            gcs_client.create_bucket(b)
+        pub = pubsub_v1.PublisherClient()
+        pub.create_topic(name=pub.topic_path(project, "archsync-gateway-dead-letter"))
+        store = FirestoreAdminStore(firestore.Client(project=project))
+        cloud = Cloud(PubSubAdmin(project, policy_client=iam.subscriber_policy_client()), IamAdmin(project, iam.iam_client()),
+                      BucketIam(biam.client(project)), KeyVault("bench-keys", gcs_client))
+        prov = Provisioner(store, cloud, SystemClock(), ProvisioningSettings(objects_bucket="bench-objects"))
+
+        def measure(action):
+            calls, iam_calls, fs_ops = cloud.call_count(), sum(iam.calls.values()) + sum(biam.calls.values()), \
+                store.ops.reads + store.ops.writes
+            t0 = time.perf_counter()
+            action()
+            return (time.perf_counter() - t0) * 1000, cloud.call_count() - calls, \
+                sum(iam.calls.values()) + sum(biam.calls.values()) - iam_calls, store.ops.reads + store.ops.writes - fs_ops
+
+        created, rows = [], {"provision": [], "roll back (failure at the last step)": [], "delete": []}
+        for i in range(n):
+            gw = Gateway(f"gw-{i:010x}", "fg-bench", f"Gateway {i}", "", "")
+            rows["provision"].append(measure(lambda: created.append(prov.create(gw, "bench"))))
+        real = Provisioner._do
+
+        def failing(self, step, *a, **k):
+            real(self, step, *a, **k)
+            if step == "result_key":
+                raise TransientError("injected")
+
+        Provisioner._do = failing
+        for i in range(n):
+            gw = Gateway(f"gw-{n + i:010x}", "fg-bench", f"Doomed {i}", "", "")
+
+            def attempt():
+                try:
+                    prov.create(gw, "bench")
+                except ProvisioningFailed:
+                    pass
+            rows["roll back (failure at the last step)"].append(measure(attempt))
+        Provisioner._do = real
+        for gw in created:
+            rows["delete"].append(measure(lambda: prov.delete(gw, "bench", lambda: None)))
+        print(f"Gateway provisioning ({n} gateways each; IAM and bucket IAM on local gRPC/HTTP stand-ins, 2048-bit keys):")
+        print(f"  {'':38s} {'median ms':>9s} {'max ms':>7s} {'adapter calls':>13s} {'IAM stand-in calls':>18s} "
+              f"{'Firestore ops':>13s}")
+        for name, r in rows.items():
+            ms = [x[0] for x in r]
+            print(f"  {name:38s} {statistics.median(ms):9.0f} {max(ms):7.0f} {r[0][1]:13d} {r[0][2]:18d} {r[0][3]:13d}")
+    finally:
+        biam.stop()
+        iam.stop()
+        for svc in (gcs, ps, fs):
+            svc.stop()
+
+
 def _time_import(code: str, repeats: int) -> float:
     runs = []
     for _ in range(repeats):
@@ -143,8 +223,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--gateways", type=int, default=10)
     args = parser.parse_args()
     throughput(args.events, args.threads)
+    provisioning(args.gateways)
     imports(args.repeats)
 
 

@@ -11,14 +11,14 @@ def test_demo_run_end_to_end(tmp_path):
     # 9 exams complete (vna-enterprise), 3 at fac-main reach Pending (pacs-legacy), 3 at fac-east
     # reach Inflight (east-archive); the repeat, the duplicate and the retroactive exam add none.
     assert s["jobs_per_destination"] == {
-        "east-archive": {"COMPLETED": 2, "FAILED": 1},
-        "pacs-legacy": {"COMPLETED": 3},
-        "vna-enterprise": {"COMPLETED": 8, "FAILED": 1},
+        "East clinic archive": {"COMPLETED": 2, "FAILED": 1},
+        "Legacy PACS archive": {"COMPLETED": 3},
+        "Enterprise VNA": {"COMPLETED": 8, "FAILED": 1},
     }
     assert "exam-20" not in s["archive_states"]
-    assert s["archive_states"]["exam-05"] == {"vna-enterprise": "FAILED"}
-    assert s["archive_states"]["exam-07"] == {"east-archive": "UNKNOWN", "vna-enterprise": "ARCHIVED"}
-    assert s["archive_states"]["exam-03"] == {"pacs-legacy": "ARCHIVED", "vna-enterprise": "ARCHIVED"}
+    assert s["archive_states"]["exam-05"] == {"Enterprise VNA": "FAILED"}
+    assert s["archive_states"]["exam-07"] == {"East clinic archive": "UNKNOWN", "Enterprise VNA": "ARCHIVED"}
+    assert s["archive_states"]["exam-03"] == {"Legacy PACS archive": "ARCHIVED", "Enterprise VNA": "ARCHIVED"}
     assert len(s["timed_out"]) == 1
     assert {e for e, held in s["locks_seen_during_jobs"].items() if held} == {
         "exam-01", "exam-03", "exam-04", "exam-06", "exam-07", "exam-09"}
