@@ -34,6 +34,7 @@ from ..domain.models import (
     JobState,
 )
 from . import codec
+from .errors import TRANSIENT
 
 GROUPS = "facility_groups"
 FACILITIES = "facilities"
@@ -64,24 +65,13 @@ class OpCounter:
         self.reads = self.writes = self.refused = 0
 
 
-_TRANSIENT = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.Aborted,
-    gexc.InternalServerError,
-    gexc.TooManyRequests,
-    gexc.ResourceExhausted,
-    gexc.Unknown,
-)
-
-
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
     try:
         yield
     except (gexc.AlreadyExists, gexc.FailedPrecondition):
         raise  # answers to create() and preconditions: the caller decides what they mean
-    except _TRANSIENT as e:
+    except TRANSIENT as e:
         raise TransientError(f"Firestore unavailable: {type(e).__name__}") from e
     except (gexc.InvalidArgument, gexc.NotFound) as e:
         raise PermanentError(f"Firestore rejected the request: {type(e).__name__}") from e

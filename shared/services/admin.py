@@ -117,21 +117,19 @@ class AdminService:
             raise Conflict(reason)
         self._prov.delete(gw, caller.label, refusal)
 
-    def service_account_key(self, caller: Caller, fg: str, gateway_id: str) -> bytes:
+    def _download(self, caller: Caller, fg: str, gateway_id: str, object_name, action: str) -> bytes:
         gw = self._gateway(caller, fg, gateway_id)
-        key = self._vault.get(sa_key_object(fg, gw.id), fresh=True)
+        key = self._vault.get(object_name(fg, gw.id), fresh=True)
         if key is None:
             raise NotFound("no key stored for this gateway")
-        self._store.audit(fg, caller.label, "gateway.key.download", "gateway", gw.id, self._clock.now())
+        self._store.audit(fg, caller.label, action, "gateway", gw.id, self._clock.now())  # who took a copy, when
         return key
 
+    def service_account_key(self, caller: Caller, fg: str, gateway_id: str) -> bytes:
+        return self._download(caller, fg, gateway_id, sa_key_object, "gateway.key.download")
+
     def result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str) -> bytes:
-        gw = self._gateway(caller, fg, gateway_id)
-        key = self._vault.get(result_key_object(fg, gw.id), fresh=True)
-        if key is None:
-            raise NotFound("no result endpoint key stored for this gateway")
-        self._store.audit(fg, caller.label, "gateway.result_key.download", "gateway", gw.id, self._clock.now())
-        return key
+        return self._download(caller, fg, gateway_id, result_key_object, "gateway.result_key.download")
 
     def rotate_service_account_key(self, caller: Caller, fg: str, gateway_id: str) -> dict:
         """New key stored first, then the old one revoked: the gateway keeps working until an
