@@ -1,4 +1,4 @@
-# The five Cloud Functions (2nd gen), their deploy bundles and the Artifact Registry repository
+# The Cloud Functions (2nd gen), their deploy bundles and the Artifact Registry repository
 # their images are built into. Who may invoke each function is declared in iam.tf.
 
 locals {
@@ -21,6 +21,27 @@ locals {
       max_instances   = var.max_instance_count
       # pubsub.publisher: job messages to gateway topics and malformed events to the dead-letter
       # topic (see iam.tf for why this is project-wide).
+      project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
+      provisions_gateways = false
+    }
+    on_study_changed = {
+      description     = "Study change events from the platform (Pub/Sub push) -> follow-up and IOCM jobs."
+      account_id      = "archsync-study-changed"
+      timeout_seconds = 60
+      max_instances   = var.max_instance_count
+      # pubsub.publisher: as on_exam_status_changed (job messages to gateway topics, malformed
+      # events to the dead-letter topic; project-wide, see iam.tf). Also writes IOCM rejection
+      # notes to the generated-objects bucket (bucket grant in iam.tf).
+      project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
+      provisions_gateways = false
+    }
+    on_patient_updated = {
+      description     = "Patient update events from the platform (Pub/Sub push) -> HL7 ADT jobs."
+      account_id      = "archsync-patient-updated"
+      timeout_seconds = 60
+      max_instances   = var.max_instance_count
+      # pubsub.publisher: as on_exam_status_changed (ADT job messages to gateway topics, malformed
+      # events to the dead-letter topic; project-wide, see iam.tf).
       project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
       provisions_gateways = false
     }
@@ -163,6 +184,7 @@ resource "google_cloudfunctions2_function" "function" {
     google_storage_bucket_iam_member.key_bucket_provisioner,
     google_storage_bucket_iam_member.key_bucket_result_key_reader,
     google_storage_bucket_iam_member.objects_bucket_iam_admin,
+    google_storage_bucket_iam_member.objects_bucket_iocm_writer,
   ]
 }
 

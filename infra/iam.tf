@@ -24,9 +24,10 @@ locals {
 # Project-wide grants, per local.functions[*].project_roles, plus
 # local.gateway_provisioning_project_roles for the gateway provisioners:
 # - roles/datastore.user (all): read/write Firestore documents.
-# - roles/pubsub.publisher (on_exam_status_changed, sweep_jobs): job messages go to per-gateway
-#   topics that are created at runtime, outside this configuration, so there is no topic to
-#   grant on here; the same grant covers the dead-letter topic.
+# - roles/pubsub.publisher (on_exam_status_changed, on_study_changed, on_patient_updated,
+#   sweep_jobs): job messages go to per-gateway topics that are created at runtime, outside this
+#   configuration, so there is no topic to grant on here; the same grant covers the dead-letter
+#   topic.
 # - roles/iam.serviceAccountAdmin, roles/iam.serviceAccountKeyAdmin (provisioners): each gateway
 #   gets a service account archsync-gw-<hex> and a JSON key, created and deleted at runtime.
 #   Creating a service account is a project permission, and the accounts do not exist when this
@@ -100,6 +101,19 @@ resource "google_storage_bucket_iam_member" "objects_bucket_iam_admin" {
   member = google_service_account.function[each.key].member
 }
 
+# on_study_changed writes the IOCM rejection notes (DICOM files) its jobs carry to
+# gateways/<gateway id>/iocm/ in the generated-objects bucket (shared/adapters/gcs.py
+# ObjectStore.put). roles/storage.objectUser rather than roles/storage.objectCreator: the upload
+# is unconditional and a redelivered event uploads the same bytes to the same name again, and
+# replacing an existing object needs storage.objects.delete as well as storage.objects.create,
+# which objectCreator lacks (the redelivery would fail with 403 until dead-lettered). objectUser
+# adds get/list/delete/update of objects, no bucket or IAM permissions. This bucket only.
+resource "google_storage_bucket_iam_member" "objects_bucket_iocm_writer" {
+  bucket = google_storage_bucket.generated.name
+  role   = "roles/storage.objectUser"
+  member = google_service_account.function["on_study_changed"].member
+}
+
 # --- Who may invoke which function --------------------------------------------------------------
 # 2nd gen functions are Cloud Run services: invocation needs roles/run.invoker on the service
 # (roles/cloudfunctions.invoker is the 1st gen role and is not enough).
@@ -107,7 +121,7 @@ resource "google_storage_bucket_iam_member" "objects_bucket_iam_admin" {
 resource "google_service_account" "push_invoker" {
   account_id   = "archsync-push-invoker"
   display_name = "archsync Pub/Sub push invoker"
-  description  = "Identity in the OIDC token of the exam-status push subscription."
+  description  = "Identity in the OIDC token of the inbound push subscriptions (exam status, study changed, patient updated)."
 
   depends_on = [google_project_service.enabled]
 }
@@ -122,10 +136,12 @@ resource "google_service_account" "scheduler" {
 
 locals {
   # Keys are static so that for_each is known at plan time (service account emails are not).
+  # "<function> push-invoker" for the function of each local.inbound entry (the existing key
+  # "on_exam_status_changed push-invoker" is unchanged, so that grant stays where it is).
   function_invokers = merge(
+    { for pair in local.inbound : "${pair.function} push-invoker" => { name = pair.function, member = google_service_account.push_invoker.member } },
     {
-      "on_exam_status_changed push-invoker" = { name = "on_exam_status_changed", member = google_service_account.push_invoker.member }
-      "sweep_jobs scheduler"                = { name = "sweep_jobs", member = google_service_account.scheduler.member }
+      "sweep_jobs scheduler" = { name = "sweep_jobs", member = google_service_account.scheduler.member }
     },
     { for m in var.platform_invoker_members : "lock_status ${m}" => { name = "lock_status", member = m } },
   )
@@ -190,11 +206,18 @@ resource "google_pubsub_topic_iam_member" "gateway_dead_letter_pubsub_agent" {
   member = local.pubsub_service_agent
 }
 
-# Acking dead-lettered messages on the exam-status push subscription.
-resource "google_pubsub_subscription_iam_member" "exam_status_pubsub_agent" {
-  subscription = google_pubsub_subscription.exam_status_to_function.id
+# Acking dead-lettered messages on each inbound push subscription.
+resource "google_pubsub_subscription_iam_member" "inbound_pubsub_agent" {
+  for_each = local.inbound
+
+  subscription = google_pubsub_subscription.exam_status_to_function[each.key].id
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
+}
+
+moved {
+  from = google_pubsub_subscription_iam_member.exam_status_pubsub_agent
+  to   = google_pubsub_subscription_iam_member.inbound_pubsub_agent["exam_status"]
 }
 
 # The service agent mints the push subscription's OIDC tokens. Only needed explicitly in projects
@@ -205,13 +228,29 @@ resource "google_service_account_iam_member" "push_invoker_token_creator" {
   member             = local.pubsub_service_agent
 }
 
-# The platform publishes exam status events.
-resource "google_pubsub_topic_iam_member" "exam_status_platform_publisher" {
-  for_each = toset(var.platform_publisher_members)
+# The platform publishes to every inbound topic.
+#
+# Keys: "<inbound key> <member>", except for exam_status, whose instances keep the bare member as
+# key. They were the instances of google_pubsub_topic_iam_member.exam_status_platform_publisher
+# (keyed by member), moved here as a whole below: a moved block cannot name per-member keys,
+# which come from a variable, and replacing an *_iam_member with one for the same binding under
+# another address can leave the binding removed (the old instance's destroy may run last).
+resource "google_pubsub_topic_iam_member" "inbound_platform_publisher" {
+  for_each = merge([
+    for k, pair in local.inbound : {
+      for m in var.platform_publisher_members :
+      (k == "exam_status" ? m : "${k} ${m}") => { inbound = k, member = m }
+    }
+  ]...)
 
-  topic  = google_pubsub_topic.exam_status.id
+  topic  = google_pubsub_topic.inbound[each.value.inbound].id
   role   = "roles/pubsub.publisher"
-  member = each.value
+  member = each.value.member
+}
+
+moved {
+  from = google_pubsub_topic_iam_member.exam_status_platform_publisher
+  to   = google_pubsub_topic_iam_member.inbound_platform_publisher
 }
 
 # --- Build identity -----------------------------------------------------------------------------

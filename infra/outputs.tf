@@ -21,9 +21,29 @@ output "admin_api_url" {
   value       = google_cloudfunctions2_function.function["admin_api"].service_config[0].uri
 }
 
+output "inbound_topics" {
+  description = "Inbound topics the platform publishes to, by local.inbound key (exam_status, study_changed, ...)."
+  value       = { for k, t in google_pubsub_topic.inbound : k => t.name }
+}
+
+output "inbound_push_subscriptions" {
+  description = "Push subscription of each inbound topic, by local.inbound key."
+  value       = { for k, s in google_pubsub_subscription.exam_status_to_function : k => s.name }
+}
+
 output "exam_status_topic" {
   description = "Topic the platform publishes exam status events to."
-  value       = google_pubsub_topic.exam_status.name
+  value       = google_pubsub_topic.inbound["exam_status"].name
+}
+
+output "study_changed_topic" {
+  description = "Topic the platform publishes study change events to."
+  value       = google_pubsub_topic.inbound["study_changed"].name
+}
+
+output "patient_updated_topic" {
+  description = "Topic the platform publishes patient update events to."
+  value       = google_pubsub_topic.inbound["patient_updated"].name
 }
 
 output "dead_letter_topic" {
@@ -38,7 +58,17 @@ output "dead_letter_audit_subscription" {
 
 output "exam_status_push_subscription" {
   description = "Push subscription feeding on_exam_status_changed."
-  value       = google_pubsub_subscription.exam_status_to_function.name
+  value       = google_pubsub_subscription.exam_status_to_function["exam_status"].name
+}
+
+output "study_changed_push_subscription" {
+  description = "Push subscription feeding on_study_changed."
+  value       = google_pubsub_subscription.exam_status_to_function["study_changed"].name
+}
+
+output "patient_updated_push_subscription" {
+  description = "Push subscription feeding on_patient_updated."
+  value       = google_pubsub_subscription.exam_status_to_function["patient_updated"].name
 }
 
 output "gateway_dead_letter_topic" {

@@ -1,12 +1,31 @@
-# Pub/Sub: the inbound exam-status topic and its push subscription to on_exam_status_changed,
-# the dead-letter topic with a pull subscription for operators, and the dead-letter topic of the
-# gateway job subscriptions with its own pull subscription.
+# Pub/Sub: the inbound platform topics (local.inbound) with their push subscriptions to the
+# functions that handle them, the dead-letter topic with a pull subscription for operators, and
+# the dead-letter topic of the gateway job subscriptions with its own pull subscription.
 #
 # Gateway job topics and subscriptions are not declared here: admin_api creates them per gateway
 # at runtime (gateway-pubsub-<id>, gateway-pubsub-<id>-sub; shared/domain/provisioning.py).
 
 locals {
-  exam_status_topic = "archsync-exam-status"
+  # Inbound platform topics, each pushed to one function (a key of local.functions) through its
+  # own subscription with OIDC, retry and dead-letter policies. Adding a topic/function pair is one
+  # entry here plus the function's entry in local.functions; everything per pair (topic, push
+  # subscription, Pub/Sub agent and platform publisher grants in iam.tf, push-invoker run.invoker
+  # grant, outputs) follows from it. Keys are part of resource addresses: never rename one.
+  inbound = {
+    exam_status = {
+      topic    = "archsync-exam-status"
+      function = "on_exam_status_changed"
+    }
+    study_changed = {
+      topic    = "archsync-study-changed"
+      function = "on_study_changed"
+    }
+    patient_updated = {
+      topic    = "archsync-patient-updated"
+      function = "on_patient_updated"
+    }
+  }
+
   # Must equal Settings.dead_letter_topic in shared/settings.py (also passed explicitly to the
   # functions as ARCHSYNC_DEAD_LETTER_TOPIC).
   dead_letter_topic = "archsync-dead-letter"
@@ -15,16 +34,24 @@ locals {
   seven_days                = "604800s"
 }
 
-# The platform publishes exam status events here.
-resource "google_pubsub_topic" "exam_status" {
-  name                       = local.exam_status_topic
+# The platform publishes its events here (exam status, study changes, patient updates).
+resource "google_pubsub_topic" "inbound" {
+  for_each = local.inbound
+
+  name                       = each.value.topic
   message_retention_duration = local.seven_days # lets operators seek a subscription back to replay
 
   depends_on = [google_project_service.enabled]
 }
 
-# Parked messages: those on_exam_status_changed rejects as malformed (it publishes them itself,
-# with a `reason` attribute) and those Pub/Sub gives up on after max_delivery_attempts.
+moved {
+  from = google_pubsub_topic.exam_status
+  to   = google_pubsub_topic.inbound["exam_status"]
+}
+
+# Parked messages: those the inbound functions (on_exam_status_changed, on_study_changed, ...)
+# reject as malformed (they publish them themselves, with a `reason` attribute) and those Pub/Sub
+# gives up on after max_delivery_attempts on an inbound push subscription.
 resource "google_pubsub_topic" "dead_letter" {
   name = local.dead_letter_topic
 
@@ -67,22 +94,28 @@ resource "google_pubsub_subscription" "gateway_dead_letter_audit" {
   }
 }
 
-# An explicit push subscription rather than an event_trigger (Eventarc) on the function, so that
-# the subscription can carry the retry and dead-letter policies.
+# One push subscription per inbound topic. Explicit subscriptions rather than an event_trigger
+# (Eventarc) on the function, so that they can carry the retry and dead-letter policies.
+#
+# The resource keeps the name it had when exam status was the only inbound topic:
+# tests/unit/test_infra.py looks it up by that name.
 resource "google_pubsub_subscription" "exam_status_to_function" {
-  name                 = "archsync-exam-status-to-function"
-  topic                = google_pubsub_topic.exam_status.id
-  ack_deadline_seconds = 60 # = the function's timeout_seconds
+  for_each = local.inbound
+
+  name  = "${each.value.topic}-to-function" # archsync-exam-status-to-function, ...
+  topic = google_pubsub_topic.inbound[each.key].id
+  # The function's timeout_seconds (Pub/Sub allows at most 600).
+  ack_deadline_seconds = min(local.functions[each.value.function].timeout_seconds, 600)
 
   push_config {
     # functions-framework turns a raw Pub/Sub push into the CloudEvent the function expects and
     # takes the event source from a projects/<project>/topics/<topic> path in the URL.
-    push_endpoint = "${google_cloudfunctions2_function.function["on_exam_status_changed"].service_config[0].uri}/projects/${var.project_id}/topics/${google_pubsub_topic.exam_status.name}"
+    push_endpoint = "${google_cloudfunctions2_function.function[each.value.function].service_config[0].uri}/projects/${var.project_id}/topics/${google_pubsub_topic.inbound[each.key].name}"
 
     oidc_token {
       service_account_email = google_service_account.push_invoker.email
       # The service URL, not the push endpoint (the default): Cloud Run checks the audience.
-      audience = google_cloudfunctions2_function.function["on_exam_status_changed"].service_config[0].uri
+      audience = google_cloudfunctions2_function.function[each.value.function].service_config[0].uri
     }
   }
 
@@ -107,4 +140,9 @@ resource "google_pubsub_subscription" "exam_status_to_function" {
     google_pubsub_topic_iam_member.dead_letter_pubsub_agent,
     google_service_account_iam_member.push_invoker_token_creator,
   ]
+}
+
+moved {
+  from = google_pubsub_subscription.exam_status_to_function
+  to   = google_pubsub_subscription.exam_status_to_function["exam_status"]
 }

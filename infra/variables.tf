@@ -42,13 +42,13 @@ variable "platform_invoker_members" {
 }
 
 variable "platform_publisher_members" {
-  description = "IAM members allowed to publish exam status events to the inbound topic (the platform's service account). Empty if publishing rights are granted elsewhere."
+  description = "IAM members allowed to publish to the inbound topics (exam status, study changed, patient updated; the platform's service account). Empty if publishing rights are granted elsewhere."
   type        = list(string)
   default     = []
 
   validation {
     condition     = alltrue([for m in var.platform_publisher_members : !contains(["allUsers", "allAuthenticatedUsers"], m)])
-    error_message = "allUsers and allAuthenticatedUsers may not publish to the inbound topic."
+    error_message = "allUsers and allAuthenticatedUsers may not publish to the inbound topics."
   }
 }
 

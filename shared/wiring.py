@@ -122,3 +122,35 @@ def jwt_verifier(settings: Settings):
     from .auth import JwtVerifier
 
     return JwtVerifier(settings.admin_jwt_public_keys, settings.admin_jwt_audience, settings.admin_jwt_issuer)
+
+
+# -- study changes (issue 4) --------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def object_store(settings: Settings):
+    from .adapters.gcs import ObjectStore
+
+    if not settings.objects_bucket:
+        raise RuntimeError("ARCHSYNC_OBJECTS_BUCKET is not set")
+    return ObjectStore(settings.objects_bucket)
+
+
+def followups(settings: Settings):
+    from .services.followups import FollowUps
+
+    store = firestore_store(settings)
+    return FollowUps(store, store, job_publisher(settings), SystemClock(), settings.timeout_policy)
+
+
+def study_change_service(settings: Settings):
+    from .services.study_changes import StudyChangeService
+
+    store = firestore_store(settings)
+    return StudyChangeService(store, store, job_publisher(settings), followups(settings), object_store(settings),
+                              SystemClock(), settings.timeout_policy)
+
+
+def patient_update_service(settings: Settings):
+    from .services.patient_updates import PatientUpdateService
+
+    store = firestore_store(settings)
+    return PatientUpdateService(store, store, job_publisher(settings), SystemClock(), settings.timeout_policy)

@@ -23,7 +23,8 @@ def on_job_result(request):
 
     def handle():
         service = ResultService(wiring.firestore_store(settings), wiring.secret_store(settings), SystemClock(),
-                                settings.timeout_policy, settings.signature_max_skew_seconds)
+                                settings.timeout_policy, settings.signature_max_skew_seconds,
+                                followups=lambda: wiring.followups(settings))
         t = service.handle(request.headers, request.get_data(cache=False))
         job = t.job
         return json_response({"outcome": t.outcome, "job_state": job.state.value if job else None})

@@ -44,6 +44,13 @@ class FirestoreAdminStore(FirestoreStore):
         self._read(len(docs))
         return {d.id: d.get("name") for d in docs}
 
+    def facilities_with_adt(self, fg: str) -> dict[str, bool]:
+        """Facility id -> its Send ADT Message setting (seed 000: enabled at facility level)."""
+        with _translated():
+            docs = list(self._group(fg).collection(FACILITIES).stream())
+        self._read(len(docs))
+        return {d.id: bool(d.get("send_adt")) for d in docs}
+
     def list_gateways(self, fg: str) -> list[Gateway]:
         with _translated():
             docs = list(self._group(fg).collection(GATEWAYS).stream())

@@ -146,6 +146,19 @@ class FirestoreStore:
         self._read(len(refs))
         return {s.id: codec.gateway_from_doc(s.to_dict()) for s in snaps if s.exists}
 
+    # -- exams (what this product has seen of the platform's exams) ------------------------
+    def record_exam(self, fg: str, exam: dict) -> None:
+        """Remember an exam from its status events: later study changes are checked against it."""
+        with _translated():
+            self._group(fg).collection(EXAMS).document(exam["exam_id"]).set(exam, merge=True)
+        self.ops.writes += 1
+
+    def get_exam(self, fg: str, exam_id: str) -> Optional[dict]:
+        with _translated():
+            snap = self._group(fg).collection(EXAMS).document(exam_id).get()
+        self._read()
+        return snap.to_dict() if snap.exists else None
+
     # -- jobs ----------------------------------------------------------------------------
     def create_job(self, job: Job) -> bool:
         try:

@@ -132,3 +132,27 @@ class BucketIam:
             if changed:
                 policy.bindings = kept
                 b.set_iam_policy(policy)
+
+
+class ObjectStore:
+    """Generated objects (rejection notes) in the objects bucket, each under the prefix of the gateway
+    that will read it: its service account may read nothing else (docs/admin-api.md)."""
+
+    def __init__(self, bucket: str, client: Optional[Any] = None):
+        self._bucket_name, self._client = bucket, client
+        self.calls = 0
+
+    @property
+    def bucket(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage
+
+            self._client = storage.Client()
+        return self._client.bucket(self._bucket_name)
+
+    def put(self, name: str, data: bytes, content_type: str) -> str:
+        """Store (idempotently: a redelivered event writes the same bytes again); the gs:// URI."""
+        self.calls += 1
+        with translated("store object"):
+            self.bucket.blob(name).upload_from_string(data, content_type=content_type)
+        return f"gs://{self._bucket_name}/{name}"

@@ -7,7 +7,8 @@ from typing import Any, Mapping
 from ..clock import iso, parse_time
 from .errors import MalformedInput
 from .jobs import GatewayResult
-from .models import Destination, ExamStatusChanged, Job, JobState, Patient
+from .models import (Destination, ExamStatusChanged, InstanceRef, Job, JobState, Patient, StudyChange, StudyChanged,
+                     StudyTarget)
 
 SCHEMA_VERSION = "1"
 
@@ -59,13 +60,16 @@ def job_message(job: Job, destination: Destination) -> tuple[bytes, dict[str, st
             "excluded_sop_class_uids": list(destination.excluded_sop_class_uids),
             "retry": {"max_retries": job.max_retries, "retry_timeout_seconds": job.retry_timeout_seconds},
         },
-        "study": {
-            "exam_id": job.exam_id,
-            "facility_id": job.facility_id,
-            "study_instance_uid": job.study_instance_uid,
-            "storage_uri": job.study_storage_uri,
-        },
     }
+    if job.study_instance_uid:
+        body["study"] = {"exam_id": job.exam_id, "facility_id": job.facility_id,
+                         "study_instance_uid": job.study_instance_uid, "storage_uri": job.study_storage_uri}
+    if job.hl7:
+        body["hl7"] = dict(job.hl7)
+    if job.instances:
+        body["instances"] = list(job.instances)
+    if job.object_uri:
+        body["object_uri"] = job.object_uri
     attributes = {
         "schema_version": SCHEMA_VERSION,
         "job_type": job.type.value,
@@ -91,3 +95,40 @@ def gateway_result(payload: Mapping[str, Any]) -> GatewayResult:
         reason=payload.get("reason"),
         counts=payload.get("counts"),
     )
+
+
+def _refs(items) -> tuple[InstanceRef, ...]:
+    return tuple(InstanceRef(i["series_instance_uid"], i["sop_class_uid"], i["sop_instance_uid"]) for i in items)
+
+
+def study_changed(payload: Mapping[str, Any]) -> StudyChanged:
+    """Map a payload already validated against study-changed.v1, with the rules a schema cannot
+    say: a split or merge names its target and one copy per moved instance; no instance twice."""
+    change = StudyChange(payload["change"])
+    instances = _refs(payload["instances"])
+    if len({i.sop_instance_uid for i in instances}) != len(instances):
+        raise MalformedInput("study-changed.v1: an instance is listed twice")
+    target = None
+    if change in (StudyChange.STUDY_SPLIT, StudyChange.STUDY_MERGED):
+        t = payload.get("target")
+        if t is None:
+            raise MalformedInput(f"study-changed.v1: {change.value} without a target")
+        target = StudyTarget(t["exam_id"], t["study_instance_uid"], t.get("storage_uri", ""), _refs(t["instances"]))
+        if len(target.instances) != len(instances):
+            raise MalformedInput("study-changed.v1: target must list one copy per moved instance")
+        if target.study_instance_uid == payload["study"]["study_instance_uid"]:
+            raise MalformedInput("study-changed.v1: target study is the original study")
+        if {i.sop_instance_uid for i in target.instances} & {i.sop_instance_uid for i in instances}:
+            raise MalformedInput("study-changed.v1: copies must have new SOP instance UIDs (IHE IOCM)")
+    elif payload.get("target") is not None:
+        raise MalformedInput(f"study-changed.v1: {change.value} takes no target")
+    try:
+        event_time = parse_time(payload["event_time"])
+    except ValueError:
+        raise MalformedInput("study-changed.v1: event_time lacks a UTC offset") from None
+    return StudyChanged(
+        event_id=payload["event_id"], event_time=event_time, facility_group_id=payload["facility_group_id"],
+        facility_id=payload["facility_id"], change=change, exam_id=payload["exam_id"],
+        study_instance_uid=payload["study"]["study_instance_uid"], instances=instances,
+        patient=dict(payload["patient"]), study=dict(payload["study"]),
+        rejection_reason=payload.get("rejection_reason"), target=target)

@@ -128,6 +128,11 @@ class Destination:
     support_iocm: bool = False
     allow_prefetch: bool = False
     active: bool = True
+    # Optional HL7 v2 (MLLP) endpoint of the archive, for ADT A08/A40 (issue 4; seed 001).
+    hl7_host: Optional[str] = None
+    hl7_port: Optional[int] = None
+    hl7_receiving_application: str = ""
+    hl7_receiving_facility: str = ""
     created_by: str = ""
     created_at: Optional[datetime] = None
     updated_by: str = ""
@@ -199,6 +204,66 @@ class Job:
     counts: dict = field(default_factory=dict)
     source_event_id: str = ""
     study_storage_uri: str = ""
+    # DICOM jobs: the instances to send ({series_instance_uid, sop_class_uid, sop_instance_uid}).
+    instances: list = field(default_factory=list)
+    # IOCM jobs: the generated rejection note (gs:// URI under the gateway's own prefix).
+    object_uri: str = ""
+    # Ordering (IHE IOCM: store the copies before rejecting the originals): a held job is published
+    # only when the job it waits for completes, and fails if that one fails.
+    waits_for: str = ""
+    held: bool = False
+    dependents: list = field(default_factory=list)
+    # ADT jobs: {"host", "port", "message" (ER7), "control_id"}.
+    hl7: dict = field(default_factory=dict)
+    # ARCHIVE jobs: instances added while the job ran, pushed by a DICOM job when it completes.
+    deferred_instances: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+    def as_dict(self) -> dict:
+        return {"series_instance_uid": self.series_instance_uid, "sop_class_uid": self.sop_class_uid,
+                "sop_instance_uid": self.sop_instance_uid}
+
+
+class StudyChange(str, enum.Enum):
+    INSTANCES_DELETED = "INSTANCES_DELETED"
+    SERIES_DELETED = "SERIES_DELETED"
+    STUDY_SPLIT = "STUDY_SPLIT"
+    STUDY_MERGED = "STUDY_MERGED"
+    INSTANCES_ADDED = "INSTANCES_ADDED"
+
+
+@dataclass(frozen=True)
+class StudyTarget:
+    """Where moved instances went (split/merge): the target exam and the copies' new UIDs."""
+
+    exam_id: str
+    study_instance_uid: str
+    storage_uri: str
+    instances: tuple[InstanceRef, ...]
+
+
+@dataclass(frozen=True)
+class StudyChanged:
+    """Inbound platform event, contract ``study-changed.v1.schema.json``."""
+
+    event_id: str
+    event_time: datetime
+    facility_group_id: str
+    facility_id: str
+    change: StudyChange
+    exam_id: str
+    study_instance_uid: str
+    instances: tuple[InstanceRef, ...]
+    patient: dict
+    study: dict
+    rejection_reason: Optional[str] = None
+    target: Optional[StudyTarget] = None
 
 
 @dataclass(frozen=True)

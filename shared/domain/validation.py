@@ -191,6 +191,21 @@ def validate_destination(
         # Seed 000: "Choose one status from the radio buttons".
         errors["trigger_status"] = "is required when auto archive is on"
 
+    hl7_host, hl7_port = data.get("hl7_host") or None, data.get("hl7_port")
+    if hl7_host is not None and not is_valid_host(hl7_host):
+        errors["hl7_host"] = "must be an IP address or host name"
+    if hl7_port is not None and (not _is_int(hl7_port) or not 1 <= hl7_port <= 65535):
+        errors["hl7_port"] = "must be an integer from 1 to 65535"
+    if (hl7_host is None) != (hl7_port is None) and "hl7_host" not in errors and "hl7_port" not in errors:
+        errors["hl7_port" if hl7_port is None else "hl7_host"] = "the HL7 endpoint needs both host and port"
+    hl7_names = {}
+    for key in ("hl7_receiving_application", "hl7_receiving_facility"):
+        value = data.get(key) or ""
+        if not isinstance(value, str) or len(value) > 64 or any(c in value for c in "|^~\\&\r\n"):
+            errors[key] = "must be text of at most 64 characters without HL7 delimiters"
+            value = ""
+        hl7_names[key] = value
+
     flags = {}
     for key, default in (("support_iocm", False), ("allow_prefetch", False), ("active", True)):
         value = data.get(key, default)
@@ -228,6 +243,9 @@ def validate_destination(
         support_iocm=flags["support_iocm"],
         allow_prefetch=flags["allow_prefetch"],
         active=flags["active"],
+        hl7_host=hl7_host,
+        hl7_port=hl7_port,
+        **hl7_names,
         created_at=previous.created_at if previous else now,
         created_by=previous.created_by if previous else "",
         updated_at=now,

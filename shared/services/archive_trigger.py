@@ -28,6 +28,9 @@ class ArchiveTriggerService:
         self._policy = policy
 
     def handle(self, event: ExamStatusChanged) -> list[ArchiveOutcome]:
+        self._jobs.record_exam(event.facility_group_id, {
+            "exam_id": event.exam_id, "study_instance_uid": event.study_instance_uid, "facility_id": event.facility_id,
+            "accession_number": event.accession_number, "mrn": event.patient.mrn, "patient_name": event.patient.name})
         if event.status not in ExamStatus.__members__:
             return []  # statuses other than Pending/Inflight/Completed trigger nothing
         destinations = self._config.archiving_destinations(event.facility_group_id, event.status)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from .. import contracts, logs
 from ..domain.errors import MalformedInput, NotFound, Unauthorized
@@ -16,7 +16,10 @@ from ..signing import parse_gateway_header, verify
 
 
 class ResultService:
-    def __init__(self, jobs: JobStore, secrets: SecretStore, clock: Clock, policy: TimeoutPolicy, max_skew_seconds: int):
+    def __init__(self, jobs: JobStore, secrets: SecretStore, clock: Clock, policy: TimeoutPolicy, max_skew_seconds: int,
+                 followups: Optional[Callable[[], Any]] = None):
+        """``followups`` builds the FollowUps service on first need (it publishes: lazily loaded)."""
+        self._followups = followups
         self._jobs = jobs
         self._secrets = secrets
         self._clock = clock
@@ -49,6 +52,11 @@ class ResultService:
         transition = self._jobs.transact_job(group, result.job_id, decide)
         if transition is None:
             raise NotFound("unknown job")
+        if result.state.is_final and self._followups is not None:
+            # Also on repeats: a crash after the result but before its follow-ups is mended by the retry.
+            job = transition.job or self._jobs.get_job(group, result.job_id)
+            if job is not None and job.state.is_final and (job.deferred_instances or job.dependents):
+                self._followups().after_final(job)
         logs.info("job result", job_id=result.job_id, attempt=result.attempt, reported=result.state.value,
                   outcome=transition.outcome, lock_released=transition.lock_released,
                   state=transition.job.state.value if transition.job else None, facility_group_id=group, gateway_id=gateway_id)

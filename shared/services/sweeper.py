@@ -22,8 +22,8 @@ class SweepReport:
 
 class SweepService:
     def __init__(self, config: ConfigStore, jobs: JobStore, publisher: JobPublisher, clock: Clock, batch_size: int = 200,
-                 provisioner: Optional[Any] = None):
-        self._provisioner = provisioner
+                 provisioner: Optional[Any] = None, followups: Optional[Any] = None):
+        self._provisioner, self._followups = provisioner, followups
         self._config = config
         self._jobs = jobs
         self._publisher = publisher
@@ -37,6 +37,8 @@ class SweepService:
             t = self._jobs.transact_job(job.facility_group_id, job.id, lambda j: time_out(j, now=self._clock.now()))
             if t is not None and t.outcome == "applied":
                 report.timed_out.append(job.id)
+                if self._followups is not None and t.job.dependents:
+                    self._followups.after_final(t.job)  # what waited for it fails
                 logs.warning("job timed out", job_id=job.id, lock_released=t.lock_released, facility_group_id=job.facility_group_id)
         for job in self._jobs.unpublished_jobs(now, self._batch):
             try:

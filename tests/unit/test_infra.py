@@ -62,9 +62,12 @@ def test_function_environment_matches_settings():
 
 
 def test_topics_the_code_names_are_declared():
-    topics = {_unquote(_locals()[k]) for k in ("exam_status_topic", "dead_letter_topic")}
+    topics = {_unquote(_locals()["dead_letter_topic"])} | {_unquote(v["topic"]) for v in _locals()["inbound"].values()}
     assert Settings(project_id="x").dead_letter_topic in topics
-    assert "archsync-exam-status" in topics
+    # One inbound topic per Pub/Sub-triggered function, pushing to it.
+    assert {"archsync-exam-status", "archsync-study-changed", "archsync-patient-updated"} <= topics
+    assert {_unquote(v["function"]) for v in _locals()["inbound"].values()} == {
+        "on_exam_status_changed", "on_study_changed", "on_patient_updated"}
     sub = _resources("google_pubsub_subscription")["exam_status_to_function"]
     assert "dead_letter_policy" in sub and "push_config" in sub
 
