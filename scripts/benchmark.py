@@ -36,6 +36,8 @@ LIBS = {
     "admin_api": ["google.cloud.firestore", "google.cloud.pubsub_v1", "google.cloud.iam_admin_v1", "google.cloud.storage", "jwt"],
     "on_exam_status_changed": ["google.cloud.firestore", "google.cloud.pubsub_v1", "jsonschema"],
     "on_job_result": ["google.cloud.firestore", "google.cloud.storage", "jsonschema"],
+    "on_study_changed": ["google.cloud.firestore", "google.cloud.pubsub_v1", "google.cloud.storage", "jsonschema", "pydicom"],
+    "on_patient_updated": ["google.cloud.firestore", "google.cloud.pubsub_v1", "jsonschema", "hl7apy"],
     "sweep_jobs": ["google.cloud.firestore", "google.cloud.pubsub_v1"],
     "lock_status": ["google.cloud.firestore"],
 }

@@ -2,7 +2,8 @@
 """Benchmark of the IOCM rejection-note builder (shared/iocm/kos.py). Prints figures; asserts nothing.
 
 For notes referencing 1, 1,000 and 20,000 CT instances (500 per series), it prints the median time
-to build the dataset and to serialise it to Part-10 bytes, the file size, and the peak Python
+to build the dataset, to serialise it to Part-10 bytes and to store it in Cloud Storage (the
+fake-gcs-server emulator, through the product's ObjectStore adapter), the file size, and the peak Python
 memory (tracemalloc) of build + serialise. Timings and memory come from separate runs because
 tracemalloc slows allocation-heavy code several times. Also prints the one-off pydicom import.
 """
@@ -57,7 +58,28 @@ def main() -> None:
     print(f"pydicom {pydicom.__version__} import: {(time.perf_counter() - t) * 1000:.0f} ms (once per process)")
     build(instances(1, 1))  # warm up
 
-    print(f"{'instances':>9} {'series':>6} {'build ms':>9} {'write ms':>9} {'total ms':>9} "
+    import os
+    import tempfile
+
+    from devstack.gcs import emulator_url, start_gcs
+    from shared.adapters.gcs import ObjectStore
+
+    gcs = start_gcs(Path(tempfile.mkdtemp(prefix="archsync-bench-")))
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator_url(gcs)
+    from google.cloud import storage
+
+    client = storage.Client(project="bench")
+    client.create_bucket("bench-objects")
+    objects = ObjectStore("bench-objects", client)
+    objects.put("warm-up", b"x", "application/dicom")
+    try:
+        _table(args, objects)
+    finally:
+        gcs.stop()
+
+
+def _table(args, objects) -> None:
+    print(f"{'instances':>9} {'series':>6} {'build ms':>9} {'write ms':>9} {'store ms':>9} {'total ms':>9} "
           f"{'file KiB':>9} {'peak MiB':>9}")
     for n in args.sizes:
         refs = instances(n, args.per_series)
@@ -73,6 +95,12 @@ def main() -> None:
             writes.append(t2 - t1)
             del ds
         b, w = statistics.median(builds) * 1000, statistics.median(writes) * 1000
+        stores = []
+        for i in range(max(1, min(5, repeats))):
+            t0 = time.perf_counter()
+            objects.put(f"gateways/gw-bench/iocm/note-{n}-{i}.dcm", data, "application/dicom")
+            stores.append(time.perf_counter() - t0)
+        st = statistics.median(stores) * 1000
 
         tracemalloc.start()
         to_part10_bytes(build(refs))
@@ -80,7 +108,8 @@ def main() -> None:
         tracemalloc.stop()
 
         series = len({r.series_instance_uid for r in refs})
-        print(f"{n:>9} {series:>6} {b:>9.1f} {w:>9.1f} {b + w:>9.1f} {len(data) / 1024:>9.1f} {peak / 2**20:>9.2f}")
+        print(f"{n:>9} {series:>6} {b:>9.1f} {w:>9.1f} {st:>9.1f} {b + w + st:>9.1f} {len(data) / 1024:>9.1f} "
+              f"{peak / 2**20:>9.2f}")
 
 
 if __name__ == "__main__":

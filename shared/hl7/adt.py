@@ -11,10 +11,11 @@ value: the inputs are patient data.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, cast
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from hl7apy.core import Field, Message, Segment
@@ -38,8 +39,10 @@ _TYPE_CODE = re.compile(r"^[A-Z0-9]{1,5}$")
 # MSH-10 is ST, at most 20 characters (2.5.1 section 2.14.9.10); we keep it to printable ASCII
 # without the delimiters so it comes back unchanged in MSA-2.
 _CONTROL_ID = re.compile(r"^(?:(?![|^~\\&])[\x21-\x7E]){1,20}$")
-# C0 controls and DEL: a CR or LF inside a value would split the segment (2.5.1 section 2.7).
-_CONTROL_CHARS = re.compile(r"[\x00-\x1F\x7F]")
+# C0 and C1 controls, DEL and the Unicode line/paragraph separators: a CR or LF inside a value
+# would end the segment (2.5.1 section 2.7), and parsers that split lines the Python way (hl7apy)
+# also break at NEL (U+0085), U+2028 and U+2029.
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # HD.1 (namespace id) is IS, at most 20 characters (2.5.1 section 2.A.33); hl7apy enforces it.
 _NAMESPACE_MAX = 20
 
@@ -111,28 +114,36 @@ class Ack:
 # --- Input validation ----------------------------------------------------------------------------
 
 
-def _check_text(value: Any, field: str, *, required: bool = False, max_len: Optional[int] = None) -> None:
+def _text(value: Any, field: str, *, required: bool = False, max_len: Optional[int] = None) -> str:
+    """The value with surrounding whitespace removed: ST trailing blanks are not significant
+    (2.5.1 section 2.A.74), DICOM pads values to even length, and hl7apy drops a segment's
+    trailing blanks when parsing."""
     if not isinstance(value, str):
         raise ValueError(f"{field}: must be a string")
-    if required and not value.strip():
-        raise ValueError(f"{field}: is required")
     if _CONTROL_CHARS.search(value):
         raise ValueError(f"{field}: must not contain control characters")
-    if max_len is not None and len(value) > max_len:
+    text: str = value.strip()
+    if required and not text:
+        raise ValueError(f"{field}: is required")
+    if max_len is not None and len(text) > max_len:
         raise ValueError(f"{field}: must be at most {max_len} characters")
+    return text
 
 
-def _check_identifier(ident: Any, field: str) -> None:
+def _check_identifier(ident: Any, field: str) -> PatientIdentifier:
     if not isinstance(ident, PatientIdentifier):
         raise ValueError(f"{field}: must be a PatientIdentifier")
-    _check_text(ident.id, f"{field}.1", required=True)
-    _check_text(ident.assigning_authority, f"{field}.4.1", max_len=_NAMESPACE_MAX)
-    _check_text(ident.authority_oid, f"{field}.4.2")
-    _check_text(ident.type_code, f"{field}.5")
-    if ident.authority_oid and not _OID.match(ident.authority_oid):
+    clean = PatientIdentifier(
+        id=_text(ident.id, f"{field}.1", required=True),
+        assigning_authority=_text(ident.assigning_authority, f"{field}.4.1", max_len=_NAMESPACE_MAX),
+        authority_oid=_text(ident.authority_oid, f"{field}.4.2"),
+        type_code=_text(ident.type_code, f"{field}.5"),
+    )
+    if clean.authority_oid and not _OID.match(clean.authority_oid):
         raise ValueError(f"{field}.4.2: must be a dotted numeric OID")
-    if ident.type_code and not _TYPE_CODE.match(ident.type_code):
+    if clean.type_code and not _TYPE_CODE.match(clean.type_code):
         raise ValueError(f"{field}.5: must be an identifier type code (table 0203), e.g. MR")
+    return clean
 
 
 def _check_identifiers(idents: Any, field: str) -> tuple[PatientIdentifier, ...]:
@@ -140,47 +151,57 @@ def _check_identifiers(idents: Any, field: str) -> tuple[PatientIdentifier, ...]
         raise ValueError(f"{field}: must be a sequence of PatientIdentifier")
     if not idents:
         raise ValueError(f"{field}: at least one identifier is required")
-    for i, ident in enumerate(idents, start=1):
-        _check_identifier(ident, f"{field}[{i}]")
-    if len(set(idents)) != len(idents):
+    clean = tuple(_check_identifier(ident, f"{field}[{i}]") for i, ident in enumerate(idents, start=1))
+    if len(set(clean)) != len(clean):
         raise ValueError(f"{field}: must not repeat an identifier")
-    return tuple(idents)
+    return clean
 
 
-def _check_name(patient: PatientDemographics, field: str) -> None:
-    _check_text(patient.family_name, f"{field}.1", required=True)
-    _check_text(patient.given_name, f"{field}.2")
-    _check_text(patient.middle_name, f"{field}.3")
-    _check_text(patient.suffix, f"{field}.4")
-    _check_text(patient.prefix, f"{field}.5")
+def _check_name(patient: Any, field: str) -> PatientDemographics:
+    """The XPN parts of ``patient`` (identifiers, birth date and sex are not looked at)."""
+    if not isinstance(patient, PatientDemographics):
+        raise ValueError(f"{field}: must be PatientDemographics")
+    return replace(
+        patient,
+        family_name=_text(patient.family_name, f"{field}.1", required=True),
+        given_name=_text(patient.given_name, f"{field}.2"),
+        middle_name=_text(patient.middle_name, f"{field}.3"),
+        suffix=_text(patient.suffix, f"{field}.4"),
+        prefix=_text(patient.prefix, f"{field}.5"),
+    )
 
 
-def _check_patient(patient: Any) -> None:
+def _check_patient(patient: Any) -> PatientDemographics:
     if not isinstance(patient, PatientDemographics):
         raise ValueError("PID: must be PatientDemographics")
-    _check_identifiers(patient.identifiers, "PID-3")
-    _check_name(patient, "PID-5")
-    _check_text(patient.birth_date, "PID-7")
-    if patient.birth_date:
-        if not _BIRTH_DATE.match(patient.birth_date):
+    identifiers = _check_identifiers(patient.identifiers, "PID-3")
+    named = _check_name(patient, "PID-5")
+    birth_date = _text(patient.birth_date, "PID-7")
+    if birth_date:
+        if not _BIRTH_DATE.match(birth_date):
             raise ValueError("PID-7: birth date must be YYYYMMDD")
         try:
-            datetime.strptime(patient.birth_date, "%Y%m%d")
+            datetime.strptime(birth_date, "%Y%m%d")
         except ValueError:
             raise ValueError("PID-7: birth date is not a calendar date") from None
-    if patient.sex and patient.sex not in SEX_CODES:
+    sex = _text(patient.sex, "PID-8")
+    if sex and sex not in SEX_CODES:
         raise ValueError(f"PID-8: sex must be one of {', '.join(sorted(SEX_CODES))} (table 0001)")
+    return replace(named, identifiers=identifiers, birth_date=birth_date, sex=sex)
 
 
-def _check_endpoint(endpoint: Any) -> None:
+def _check_endpoint(endpoint: Any) -> Endpoint:
     if not isinstance(endpoint, Endpoint):
         raise ValueError("MSH: endpoint must be an Endpoint")
-    _check_text(endpoint.sending_application, "MSH-3", max_len=_NAMESPACE_MAX)
-    _check_text(endpoint.sending_facility, "MSH-4", max_len=_NAMESPACE_MAX)
-    _check_text(endpoint.receiving_application, "MSH-5", max_len=_NAMESPACE_MAX)
-    _check_text(endpoint.receiving_facility, "MSH-6", max_len=_NAMESPACE_MAX)
-    if endpoint.processing_id not in PROCESSING_IDS:
+    if not isinstance(endpoint.processing_id, str) or endpoint.processing_id not in PROCESSING_IDS:
         raise ValueError(f"MSH-11: processing id must be one of {', '.join(sorted(PROCESSING_IDS))} (table 0103)")
+    return Endpoint(
+        sending_application=_text(endpoint.sending_application, "MSH-3", max_len=_NAMESPACE_MAX),
+        sending_facility=_text(endpoint.sending_facility, "MSH-4", max_len=_NAMESPACE_MAX),
+        receiving_application=_text(endpoint.receiving_application, "MSH-5", max_len=_NAMESPACE_MAX),
+        receiving_facility=_text(endpoint.receiving_facility, "MSH-6", max_len=_NAMESPACE_MAX),
+        processing_id=endpoint.processing_id,
+    )
 
 
 def _check_header(control_id: Any, now: Any) -> str:
@@ -346,8 +367,8 @@ def build_a08(patient: PatientDemographics, endpoint: Endpoint, *, control_id: s
     """ADT^A08^ADT_A01 (2.5.1 section 3.3.8): MSH, EVN, PID with the full current demographics,
     and ``PV1||N`` (PV1 is required by ADT_A01; N = not applicable, no visit)."""
     ts = _check_header(control_id, now)
-    _check_endpoint(endpoint)
-    _check_patient(patient)
+    endpoint = _check_endpoint(endpoint)
+    patient = _check_patient(patient)
     unicode = not all(s.isascii() for s in _all_text(patient, endpoint=endpoint))
     msg = _new_message("ADT_A01", "A08", endpoint, control_id, ts, unicode)
     _set_pid(_segment(msg, "PID"), patient)
@@ -367,8 +388,8 @@ def build_a40(surviving: PatientDemographics, prior_identifiers: Sequence[Patien
     id equals the surviving one, and PID-3 and MRG-1 must share authority and type (digest B2/B3).
     """
     ts = _check_header(control_id, now)
-    _check_endpoint(endpoint)
-    _check_patient(surviving)
+    endpoint = _check_endpoint(endpoint)
+    surviving = _check_patient(surviving)
     priors = _check_identifiers(prior_identifiers, "MRG-1")
     for i, prior in enumerate(priors, start=1):
         same_domain = [s for s in surviving.identifiers
@@ -379,9 +400,7 @@ def build_a40(surviving: PatientDemographics, prior_identifiers: Sequence[Patien
         if any(s.id == prior.id for s in same_domain):
             raise ValueError(f"MRG-1[{i}]: must differ from the surviving identifier (PID-3)")
     if prior_name is not None:
-        if not isinstance(prior_name, PatientDemographics):
-            raise ValueError("MRG-7: prior name must be PatientDemographics")
-        _check_name(prior_name, "MRG-7")
+        prior_name = _check_name(prior_name, "MRG-7")
     unicode = not all(s.isascii() for s in _all_text(surviving, prior_name, idents=priors, endpoint=endpoint))
     msg = _new_message("ADT_A39", "A40", endpoint, control_id, ts, unicode)
     # hl7apy quirk (digest B4): in STRICT mode PID and MRG exist only inside the group.
@@ -402,7 +421,7 @@ def build_a40(surviving: PatientDemographics, prior_identifiers: Sequence[Patien
 def _unescape(text: str, enc: str, field_sep: str) -> str:
     """Undo the 2.5.1 section 2.7.4 escapes: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\, \\Xhh..\\ (bytes, read as
     UTF-8), \\.br\\ (line break); highlighting \\H\\ \\N\\ is dropped; anything else is kept."""
-    comp, rep, esc, sub = enc[:4]
+    comp, rep, esc, sub = enc[0], enc[1], enc[2], enc[3]
     if esc not in text:
         return text
     plain = {"F": field_sep, "S": comp, "T": sub, "R": rep, "E": esc, "H": "", "N": "", ".br": "\n"}
@@ -465,7 +484,7 @@ def parse_ack(er7: str) -> Ack:
         text3 = value(msa[3])
         if text3 not in details:
             details.append(text3)
-    return Ack(code=code, control_id=control_id, error="; ".join(details) or None)  # type: ignore[arg-type]
+    return Ack(code=cast(AckCode, code), control_id=control_id, error="; ".join(details) or None)
 
 
 def _err_detail(f: list[str], enc: str, value: Callable[[str], str]) -> str:

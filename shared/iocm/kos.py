@@ -121,9 +121,10 @@ def content_value_type(sop_class_uid: str) -> str:
     """IMAGE, WAVEFORM or COMPOSITE: the TID 2010 value type for an instance of this SOP class.
 
     Classes outside the standard storage root (private ones included) are COMPOSITE, the value
-    type for other composite objects, which no reader refuses for an unknown class. Cross-checked against dcmtk 3.6.7 (dsrdump), which refuses
-    IMAGE or WAVEFORM for classes it does not know as such; it predates a few newer image and
-    waveform classes (photoacoustic, confocal microscopy, enhanced RT image, 32-bit ECG).
+    type for other composite objects, which readers accept for any class. Cross-checked against
+    dcmtk 3.6.7 (dsrdump), which refuses IMAGE or WAVEFORM for a class it does not know as such;
+    it predates a few newer classes (photoacoustic, confocal microscopy, enhanced RT image,
+    32-bit ECG), which follow the standard here.
     """
     if sop_class_uid.startswith(_WAVEFORM) and sop_class_uid != _WAVEFORM_TRIAL:
         return "WAVEFORM"
@@ -193,6 +194,7 @@ def _validate(
     instance_number: int,
     sop_instance_uid: Optional[str],
     series_instance_uid: Optional[str],
+    uid_prefix: Optional[str],
 ) -> None:
     problems: list[str] = []
     if not isinstance(reason, RejectionReason):
@@ -259,6 +261,9 @@ def _validate(
             problems.append(f"{name} must be new: it equals a study, series or instance UID it references")
     if sop_instance_uid is not None and sop_instance_uid == series_instance_uid:
         problems.append("sop_instance_uid and series_instance_uid must differ")
+    if uid_prefix is not None and not (isinstance(uid_prefix, str) and uid_prefix.endswith(".")
+                                       and is_valid_uid(uid_prefix[:-1])):
+        problems.append("uid_prefix must be a UID root followed by '.' (PS3.5 9.1)")
 
     if problems:
         raise RejectionNoteError("; ".join(problems))
@@ -296,7 +301,7 @@ def build_rejection_note(
     Raises ``RejectionNoteError`` (a ``ValueError``) for invalid input.
     """
     _validate(patient, study, instances, reason, description, manufacturer, series_number, instance_number,
-              sop_instance_uid, series_instance_uid)
+              sop_instance_uid, series_instance_uid, uid_prefix)
 
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid

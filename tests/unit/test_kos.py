@@ -229,7 +229,8 @@ def test_attributes(tmp_path):
     text = back.ContentSequence[0]
     assert (text.RelationshipType, text.ValueType, text.TextValue) == ("CONTAINS", "TEXT", "Wrong MWL")
     (name,) = text.ConceptNameCodeSequence
-    assert (name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning) == ("113012", "DCM", "Key Object Description")
+    assert (name.CodeValue, name.CodingSchemeDesignator, name.CodeMeaning) == (
+        "113012", "DCM", "Key Object Description")
 
 
 @pytest.mark.parametrize("reason", list(RejectionReason))
@@ -270,7 +271,7 @@ def test_evidence_and_content_reference_exactly_the_given_instances(tmp_path):
         content.append((ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID))
     assert len(content) == len(instances)
     assert set(content) == {(c, i) for _, c, i in given}
-    assert [vt for vt in (i.ValueType for i in back.ContentSequence)].count("WAVEFORM") == 1
+    assert [i.ValueType for i in back.ContentSequence].count("WAVEFORM") == 1
 
 
 def test_empty_optional_fields_are_present_type_2(tmp_path):
@@ -381,6 +382,8 @@ GOOD = refs(1, CT, 2)
     ({"sop_instance_uid": GOOD[1].sop_instance_uid}, "sop_instance_uid must be new"),
     ({"series_instance_uid": STUDY_UID}, "series_instance_uid must be new"),
     ({"sop_instance_uid": "1.2.3.99", "series_instance_uid": "1.2.3.99"}, "must differ"),
+    ({"uid_prefix": "1.2.3"}, "uid_prefix must be a UID root followed by"),
+    ({"uid_prefix": "1.02.3."}, "uid_prefix must be a UID root followed by"),
 ])
 def test_invalid_input(kwargs, message):
     args = {"patient": SECRET, "study": STUDY, "instances": GOOD, "reason": RejectionReason.QUALITY, **kwargs}

@@ -167,3 +167,15 @@ def test_archive_text_column():
     assert destination(trigger="PENDING").archive_text == "Yes (Pending)"
     assert destination(trigger=None).archive_text == "No"
     assert ExamStatus.INFLIGHT.label == "Inflight"
+
+
+def test_hl7_endpoint_fields():
+    d = build(hl7_host="10.20.0.31", hl7_port=2575, hl7_receiving_application="ARCHIVE", hl7_receiving_facility="VNA")
+    assert (d.hl7_host, d.hl7_port, d.hl7_receiving_application, d.hl7_receiving_facility) == ("10.20.0.31", 2575, "ARCHIVE", "VNA")
+    assert build().hl7_host is None and build().hl7_port is None
+    assert "hl7_port" in errors_of(hl7_host="10.20.0.31")
+    assert "hl7_host" in errors_of(hl7_port=2575)
+    assert "hl7_host" in errors_of(hl7_host="bad host", hl7_port=2575)
+    assert "hl7_port" in errors_of(hl7_host="h", hl7_port=0)
+    assert "hl7_receiving_application" in errors_of(hl7_receiving_application="A|B")
+    assert "hl7_receiving_facility" in errors_of(hl7_receiving_facility="X" * 65)
