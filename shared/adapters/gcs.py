@@ -11,24 +11,36 @@ from .errors import translated
 OBJECT_READER = "roles/storage.objectViewer"
 
 
-class KeyVault:
-    """Secrets as objects in a private bucket (uniform access, only the admin and result functions'
-    service accounts may read it: infra/storage.tf). Values are never logged."""
+class _Storage:
+    """A google-cloud-storage client created on first use (never at import)."""
 
-    def __init__(self, bucket: str, client: Optional[Any] = None, cache_seconds: float = 60.0):
-        self._bucket_name, self._client = bucket, client
-        self._cache: dict[str, tuple[float, Optional[bytes]]] = {}
-        self._lock = threading.Lock()
-        self._ttl = cache_seconds
+    def __init__(self, client: Optional[Any] = None):
+        self._client = client
         self.calls = 0
 
     @property
-    def bucket(self) -> Any:
+    def client(self) -> Any:
         if self._client is None:
             from google.cloud import storage
 
             self._client = storage.Client()
-        return self._client.bucket(self._bucket_name)
+        return self._client
+
+
+class KeyVault(_Storage):
+    """Secrets as objects in a private bucket (uniform access, only the admin and result functions'
+    service accounts may read it: infra/storage.tf). Values are never logged."""
+
+    def __init__(self, bucket: str, client: Optional[Any] = None, cache_seconds: float = 60.0):
+        super().__init__(client)
+        self._bucket_name = bucket
+        self._cache: dict[str, tuple[float, Optional[bytes]]] = {}
+        self._lock = threading.Lock()
+        self._ttl = cache_seconds
+
+    @property
+    def bucket(self) -> Any:
+        return self.client.bucket(self._bucket_name)
 
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.calls += 1
@@ -84,21 +96,9 @@ class VaultSecrets:
         self.vault.put(result_key_object(facility_group_id, gateway_id), key)
 
 
-class BucketIam:
+class BucketIam(_Storage):
     """Conditional object-reader bindings on a bucket: one binding per member, limited by an IAM
     condition to an object-name prefix (IAM conditions on resource.name, policy version 3)."""
-
-    def __init__(self, client: Optional[Any] = None):
-        self._client = client
-        self.calls = 0
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            from google.cloud import storage
-
-            self._client = storage.Client()
-        return self._client
 
     def grant_prefix_reader(self, bucket: str, member: str, prefix: str) -> None:
         expression = f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{prefix}")'
@@ -134,21 +134,17 @@ class BucketIam:
                 b.set_iam_policy(policy)
 
 
-class ObjectStore:
+class ObjectStore(_Storage):
     """Generated objects (rejection notes) in the objects bucket, each under the prefix of the gateway
     that will read it: its service account may read nothing else (docs/admin-api.md)."""
 
     def __init__(self, bucket: str, client: Optional[Any] = None):
-        self._bucket_name, self._client = bucket, client
-        self.calls = 0
+        super().__init__(client)
+        self._bucket_name = bucket
 
     @property
     def bucket(self) -> Any:
-        if self._client is None:
-            from google.cloud import storage
-
-            self._client = storage.Client()
-        return self._client.bucket(self._bucket_name)
+        return self.client.bucket(self._bucket_name)
 
     def put(self, name: str, data: bytes, content_type: str) -> str:
         """Store (idempotently: a redelivered event writes the same bytes again); the gs:// URI."""

@@ -30,7 +30,7 @@ class GatewayResult:
 class Transition:
     """Outcome of applying a result: ``job`` is the new job (None = nothing to write)."""
 
-    outcome: str  # applied | duplicate | stale | ignored
+    outcome: str  # applied | duplicate | stale | ignored (or a caller's own word when nothing is written)
     job: Optional[Job] = None
     archive_state: Optional[ArchiveState] = None
     lock_released: bool = False

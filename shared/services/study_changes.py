@@ -105,8 +105,8 @@ class StudyChangeService:
         fg, archive_id = event.facility_group_id, archive_job_id(event.facility_group_id, event.exam_id, template.destination_id)
 
         def defer(job: Job) -> Transition:
-            if job.state.is_final:
-                return Transition("ignored", job)
+            if job.state.is_final:  # nothing to write; the outcome says how it ended
+                return Transition("completed" if job.state is JobState.COMPLETED else "ended")
             known = {i["sop_instance_uid"] for i in job.deferred_instances}
             extra = [i for i in instances if i["sop_instance_uid"] not in known]
             return Transition("applied", dataclasses.replace(job, deferred_instances=job.deferred_instances + extra))
@@ -116,7 +116,7 @@ class StudyChangeService:
             return StudyOutcome(template.destination_id, "skipped", "never archived here")
         if t.outcome == "applied":
             return StudyOutcome(template.destination_id, "deferred", "archive job running", (archive_id,))
-        if t.job is not None and t.job.state is JobState.COMPLETED:  # finished in the meantime
+        if t.outcome == "completed":  # finished in the meantime: the exam is archived there now
             job = self._followups.push_instances(template, instances, event.event_id)
             return StudyOutcome(template.destination_id, "push", "", (job.id,) if job else ())
         return StudyOutcome(template.destination_id, "skipped", "archive job failed: retrying it sends the whole study")

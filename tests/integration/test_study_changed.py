@@ -275,3 +275,19 @@ def test_entry_point_valid_event(world, function_env):
                                           headers=cloud_event_headers("archsync-study-changed", world.project))
     assert r.status_code == 200
     assert len(jobs(world, "DICOM")) == 1 and len(messages(world, expect=1)) == 1
+
+
+def test_archive_job_completing_between_read_and_deferral_still_pushes(world):
+    """The race: archive states were read before the archive job completed; the deferral then
+    finds the job final and pushes the images itself instead of parking them on a finished job."""
+    archive_id = _archive_running(world)
+    post(world, archive_id, "COMPLETED")
+    e = study_changed(event("INSTANCES_ADDED", [inst(7)]))
+    exam = world.store.get_exam("fg-1", "exam-1")
+    d = world.store.get_destination("fg-1", "run")
+    template = world.service._template(e, exam, d, gateway("gw-1"))
+    out = world.service._added(e, template, archived=False)  # as if the state read was stale
+    assert out.action == "push"
+    [dicom] = jobs(world, "DICOM")
+    assert [i["sop_instance_uid"] for i in dicom["instances"]] == [f"{UID}.20.7"]
+    assert world.store.get_job("fg-1", archive_id).deferred_instances == []
