@@ -16,7 +16,7 @@ _ID = r"([A-Za-z0-9][A-Za-z0-9._:-]{0,127})"
 _BASE = rf"^/v1/facility-groups/{_ID}"
 MAX_BODY = 64 * 1024
 
-Handler = Callable[[AdminService, Caller, tuple, Any], tuple]
+Handler = Callable[[AdminService, Caller, tuple, Any, Mapping[str, str]], tuple]
 
 
 def _ok(body: Any, status: int = 200) -> tuple:
@@ -34,40 +34,49 @@ def _download(data: bytes, filename: str, content_type: str) -> tuple:
 
 ROUTES: list[tuple[re.Pattern, dict[str, Handler]]] = [
     (re.compile(_BASE + r"/gateways$"), {
-        "GET": lambda s, c, a, b: _ok({"gateways": s.list_gateways(c, *a)}),
-        "POST": lambda s, c, a, b: _ok(s.create_gateway(c, *a, b), 201),
+        "GET": lambda s, c, a, b, q: _ok({"gateways": s.list_gateways(c, *a)}),
+        "POST": lambda s, c, a, b, q: _ok(s.create_gateway(c, *a, b), 201),
     }),
     (re.compile(_BASE + rf"/gateways/{_ID}$"), {
-        "GET": lambda s, c, a, b: _ok(s.get_gateway(c, *a)),
-        "PATCH": lambda s, c, a, b: _ok(s.update_gateway(c, *a, b)),
-        "DELETE": lambda s, c, a, b: (s.delete_gateway(c, *a), _no_content())[1],
+        "GET": lambda s, c, a, b, q: _ok(s.get_gateway(c, *a)),
+        "PATCH": lambda s, c, a, b, q: _ok(s.update_gateway(c, *a, b)),
+        "DELETE": lambda s, c, a, b, q: (s.delete_gateway(c, *a), _no_content())[1],
     }),
     (re.compile(_BASE + rf"/gateways/{_ID}/service-account-key$"), {
-        "GET": lambda s, c, a, b: _download(s.service_account_key(c, *a), f"{a[1]}-service-account.json", "application/json"),
+        "GET": lambda s, c, a, b, q: _download(s.service_account_key(c, *a), f"{a[1]}-service-account.json", "application/json"),
     }),
     (re.compile(_BASE + rf"/gateways/{_ID}/service-account-key/rotate$"), {
-        "POST": lambda s, c, a, b: _ok(s.rotate_service_account_key(c, *a)),
+        "POST": lambda s, c, a, b, q: _ok(s.rotate_service_account_key(c, *a)),
     }),
     (re.compile(_BASE + rf"/gateways/{_ID}/result-endpoint-key$"), {
-        "GET": lambda s, c, a, b: _download(s.result_endpoint_key(c, *a), f"{a[1]}-result-endpoint-key.txt", "text/plain"),
+        "GET": lambda s, c, a, b, q: _download(s.result_endpoint_key(c, *a), f"{a[1]}-result-endpoint-key.txt", "text/plain"),
     }),
     (re.compile(_BASE + rf"/gateways/{_ID}/result-endpoint-key/rotate$"), {
-        "POST": lambda s, c, a, b: (s.rotate_result_endpoint_key(c, *a), _no_content())[1],
+        "POST": lambda s, c, a, b, q: (s.rotate_result_endpoint_key(c, *a), _no_content())[1],
     }),
     (re.compile(_BASE + r"/destinations$"), {
-        "GET": lambda s, c, a, b: _ok({"destinations": s.list_destinations(c, *a)}),
-        "POST": lambda s, c, a, b: _ok(s.create_destination(c, *a, b), 201),
+        "GET": lambda s, c, a, b, q: _ok({"destinations": s.list_destinations(c, *a)}),
+        "POST": lambda s, c, a, b, q: _ok(s.create_destination(c, *a, b), 201),
     }),
     (re.compile(_BASE + rf"/destinations/{_ID}$"), {
-        "GET": lambda s, c, a, b: _ok(s.get_destination(c, *a)),
-        "PATCH": lambda s, c, a, b: _ok(s.update_destination(c, *a, b)),
-        "DELETE": lambda s, c, a, b: (s.delete_destination(c, *a), _no_content())[1],
+        "GET": lambda s, c, a, b, q: _ok(s.get_destination(c, *a)),
+        "PATCH": lambda s, c, a, b, q: _ok(s.update_destination(c, *a, b)),
+        "DELETE": lambda s, c, a, b, q: (s.delete_destination(c, *a), _no_content())[1],
     }),
     (re.compile(_BASE + rf"/destinations/{_ID}/activate$"), {
-        "POST": lambda s, c, a, b: _ok(s.set_destination_active(c, *a, True)),
+        "POST": lambda s, c, a, b, q: _ok(s.set_destination_active(c, *a, True)),
     }),
     (re.compile(_BASE + rf"/destinations/{_ID}/deactivate$"), {
-        "POST": lambda s, c, a, b: _ok(s.set_destination_active(c, *a, False)),
+        "POST": lambda s, c, a, b, q: _ok(s.set_destination_active(c, *a, False)),
+    }),
+    (re.compile(_BASE + r"/jobs$"), {
+        "GET": lambda s, c, a, b, q: _ok(s.jobs.list(c, *a, q)),
+    }),
+    (re.compile(_BASE + rf"/jobs/{_ID}/retry$"), {
+        "POST": lambda s, c, a, b, q: _ok(s.jobs.retry(c, *a)),
+    }),
+    (re.compile(_BASE + rf"/exams/{_ID}/archive-states$"), {
+        "GET": lambda s, c, a, b, q: _ok(s.jobs.exam_archive_states(c, *a)),
     }),
 ]
 
@@ -82,7 +91,7 @@ def _json_body(method: str, raw: bytes) -> Any:
 
 
 def dispatch(service_factory: Callable[[], AdminService], verifier: JwtVerifier, method: str, path: str,
-             headers: Mapping[str, str], raw_body: bytes) -> tuple:
+             headers: Mapping[str, str], raw_body: bytes, args: Optional[Mapping[str, str]] = None) -> tuple:
     caller = verifier.verify(headers)
     for pattern, methods in ROUTES:
         match = pattern.match(path)
@@ -93,5 +102,8 @@ def dispatch(service_factory: Callable[[], AdminService], verifier: JwtVerifier,
             return error(405, "method_not_allowed", f"allowed: {', '.join(sorted(methods))}")
         if len(raw_body) > MAX_BODY:
             return error(413, "too_large", "request body too large")
-        return handler(service_factory(), caller, match.groups(), _json_body(method, raw_body))
+        if args and any(len(v) > 1 for v in getattr(args, "listvalues", lambda: [])()):
+            raise MalformedInput("each query parameter may be given once")
+        query = {k: v for k, v in (args or {}).items()}
+        return handler(service_factory(), caller, match.groups(), _json_body(method, raw_body), query)
     raise NotFound("no such resource")

@@ -112,9 +112,11 @@ def provisioner(settings: Settings):
 
 def admin_service(settings: Settings):
     from .services.admin import AdminService
+    from .services.jobs import JobsService
 
+    jobs = JobsService(firestore_store(settings), lambda: job_publisher(settings), SystemClock(), settings.timeout_policy)
     return AdminService(firestore_store(settings), provisioner(settings), key_vault(settings), iam_admin(settings),
-                        SystemClock())
+                        SystemClock(), jobs)
 
 
 @functools.lru_cache(maxsize=4)

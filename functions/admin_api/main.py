@@ -16,4 +16,5 @@ NAME = "admin_api"
 def admin_api(request):
     settings = Settings.from_env(os.environ)
     return guarded(lambda: dispatch(lambda: wiring.admin_service(settings), wiring.jwt_verifier(settings),
-                                    request.method, request.path, request.headers, request.get_data(cache=False)), NAME)
+                                    request.method, request.path, request.headers, request.get_data(cache=False),
+                                    request.args), NAME)

@@ -146,6 +146,7 @@ def job_to_doc(j: Job) -> dict[str, Any]:
     d = dict(j.__dict__)
     d["type"] = j.type.value
     d["state"] = j.state.value
+    d["patient_name_lower"] = j.patient_name.lower()  # the Jobs tab's case-insensitive prefix search
     return d
 
 

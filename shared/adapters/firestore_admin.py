@@ -15,7 +15,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from ..domain.errors import Conflict
-from ..domain.models import OPEN_JOB_STATES, Destination, Gateway
+from ..domain.models import OPEN_JOB_STATES, Destination, Gateway, Job
 from ..domain.provisioning import UNFINISHED, LogState, Operation, ProvisioningLog
 from . import codec
 from .firestore_store import DESTINATIONS, FACILITIES, GATEWAYS, JOBS, FirestoreStore, _translated
@@ -145,6 +145,31 @@ class FirestoreAdminStore(FirestoreStore):
         if audited:
             self._audit(batch, fg, actor, "gateway.delete", "gateway", gateway_id, [], at)
         self._commit(batch, 2 if audited else 1)
+
+    # -- the Jobs tab ----------------------------------------------------------------------
+    def query_jobs(self, fg: str, query: Any, after: Optional[tuple[dict, str]] = None) -> list[Job]:
+        """One page of ``query`` (shared.domain.job_query). ``after`` is the decoded cursor: the
+        order values and id of the previous page's last row, turned into a start_after position
+        without reading that document (a page costs only its own rows)."""
+        from google.cloud.firestore_v1.document import DocumentSnapshot
+
+        coll = self._group(fg).collection(JOBS)
+        q: Any = coll
+        for field, value in query.equalities:
+            q = q.where(filter=FieldFilter(field, "==", value))
+        if query.range_field is not None:
+            if query.range_from is not None:
+                q = q.where(filter=FieldFilter(query.range_field, ">=", query.range_from))
+            if query.range_to is not None:
+                op = "<" if query.range_field == "patient_name_lower" else "<="
+                q = q.where(filter=FieldFilter(query.range_field, op, query.range_to))
+        for field, direction in query.order:
+            q = q.order_by(field, direction=direction)
+        if after is not None:
+            values, doc_id = after
+            position = DocumentSnapshot(coll.document(doc_id), values, True, None, None, None)
+            q = q.start_after(position)
+        return self._jobs(q.limit(query.page_size))
 
     # -- provisioning log ----------------------------------------------------------------
     def _log_ref(self, fg: str, gateway_id: str) -> Any:

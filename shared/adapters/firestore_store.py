@@ -33,6 +33,7 @@ from ..domain.models import (
     Job,
     JobState,
 )
+from ..domain.job_query import all_shapes, indexes_for
 from . import codec
 from .errors import TRANSIENT
 
@@ -50,6 +51,8 @@ COMPOSITE_INDEXES = (
     (JOBS, "COLLECTION_GROUP", (("state", "ASCENDING"), ("deadline", "ASCENDING"))),
     (JOBS, "COLLECTION_GROUP", (("published", "ASCENDING"), ("state", "ASCENDING"), ("publish_lease_until", "ASCENDING"))),
     ("provisioning", "COLLECTION_GROUP", (("state", "ASCENDING"), ("lease_until", "ASCENDING"))),
+    # The Jobs tab (shared/domain/job_query.py): one index per filterable field and ordering.
+    *((JOBS, "COLLECTION", fields) for fields in sorted({i for s in all_shapes() for i in indexes_for(s)})),
 )
 
 

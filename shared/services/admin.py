@@ -42,8 +42,9 @@ def _changed(old: Any, new: Any, fields: frozenset[str]) -> list[str]:
 
 
 class AdminService:
-    def __init__(self, store: Any, provisioner: Provisioner, vault: Any, iam: Any, clock: Clock):
+    def __init__(self, store: Any, provisioner: Provisioner, vault: Any, iam: Any, clock: Clock, jobs: Any = None):
         self._store, self._prov, self._vault, self._iam, self._clock = store, provisioner, vault, iam, clock
+        self.jobs = jobs  # the Jobs tab (services/jobs.py), behind the same authentication
 
     # -- helpers -------------------------------------------------------------------------
     def _gateway(self, caller: Caller, fg: str, gateway_id: str) -> Gateway:

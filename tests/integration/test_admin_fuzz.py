@@ -75,9 +75,10 @@ def test_fuzz_admin_operation(name, stack, admin_env):
                 gw_id, d_id = ids[fg]
                 params.update({k: v for k, v in (("gateway_id", gw_id), ("destination_id", d_id)) if k in params})
         path = op.path.format(**params)
+        query = {k: str(v) for k, v in (case.query or {}).items()} if not case.query.__class__.__name__ == "NotSet" else {}
         body = None if case.body.__class__.__name__ == "NotSet" else case.body
         before = _state(stack)
-        r = client.open(path, method=case.method, headers=auth,
+        r = client.open(path, method=case.method, headers=auth, query_string=query,
                         data=json.dumps(body) if body is not None else None, content_type="application/json")
         assert r.status_code < 500, (path, body, r.get_data(as_text=True))
         if r.status_code >= 400:
