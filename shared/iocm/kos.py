@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..domain.models import InstanceRef
 from ..domain.validation import is_valid_uid
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,15 +75,8 @@ class StudyInfo:
     referring_physician_name: str = ""
 
 
-@dataclass(frozen=True)
-class InstanceRef:
-    """One rejected instance. Every UID must be exact, the SOP class too (digest A4, 0xA772/0xA773)."""
-
-    series_instance_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-
-
+# One rejected instance is the domain's InstanceRef: every UID must be exact, the SOP class too
+# (digest A4, 0xA772/0xA773).
 # --- TID 2010 value type of a referenced instance (digest A3) -----------------------------------
 
 _STORAGE = "1.2.840.10008.5.1.4.1.1"  # root of the composite Storage SOP classes (PS3.4 B.5)

@@ -135,7 +135,7 @@ class StudyChangeService:
 
     # -- rejection notes -----------------------------------------------------------------
     def _note(self, event: StudyChanged) -> bytes:
-        from ..iocm.kos import InstanceRef, PatientInfo, RejectionReason, StudyInfo, build_rejection_note, to_part10_bytes
+        from ..iocm.kos import PatientInfo, RejectionReason, StudyInfo, build_rejection_note, to_part10_bytes
         from pydicom.uid import generate_uid
 
         default = "WRONG_WORKLIST" if event.change in MOVES else "QUALITY"
@@ -149,7 +149,7 @@ class StudyChangeService:
                         p.get("birth_date", ""), p.get("sex", "")),
             StudyInfo(s["study_instance_uid"], s.get("accession_number", ""), s.get("study_date", ""), s.get("study_time", ""),
                       s.get("study_id", ""), s.get("referring_physician_name", "")),
-            [InstanceRef(i.series_instance_uid, i.sop_class_uid, i.sop_instance_uid) for i in event.instances],
+            list(event.instances),
             reason, now=event.event_time,
             sop_instance_uid=generate_uid(entropy_srcs=seed + ["sop"]),
             series_instance_uid=generate_uid(entropy_srcs=seed + ["series"]))
