@@ -38,18 +38,19 @@ def _log_from_doc(d: dict[str, Any]) -> ProvisioningLog:
 
 class FirestoreAdminStore(FirestoreStore):
     # -- reads ---------------------------------------------------------------------------
-    def facilities(self, fg: str) -> dict[str, str]:
+    def _facility_docs(self, fg: str) -> list:
         with _translated():
             docs = list(self._group(fg).collection(FACILITIES).stream())
         self._read(len(docs))
-        return {d.id: d.get("name") for d in docs}
+        return docs
+
+    def facilities(self, fg: str) -> dict[str, str]:
+        """Facility id -> name (platform data; this product reads it, never edits it)."""
+        return {d.id: d.get("name") for d in self._facility_docs(fg)}
 
     def facilities_with_adt(self, fg: str) -> dict[str, bool]:
         """Facility id -> its Send ADT Message setting (seed 000: enabled at facility level)."""
-        with _translated():
-            docs = list(self._group(fg).collection(FACILITIES).stream())
-        self._read(len(docs))
-        return {d.id: bool(d.get("send_adt")) for d in docs}
+        return {d.id: bool(d.get("send_adt")) for d in self._facility_docs(fg)}
 
     def list_gateways(self, fg: str) -> list[Gateway]:
         with _translated():
