@@ -11,7 +11,7 @@ from shared.domain.models import LOCK_MESSAGE
 from shared.domain.rules import TimeoutPolicy
 from shared.services.archive_trigger import ArchiveTriggerService
 from shared.services.sweeper import SweepService
-from tests.support import RESULT_KEY, assert_matches_openapi, T0, destination, exam_event, gateway, load_app, post_result, result_body
+from tests.support import RESULT_KEY, assert_matches_openapi, destination, exam_event, gateway, load_app, post_result, result_body
 
 LOCK_PATH = "/v1/facility-groups/{facility_group_id}/exams/{exam_id}/lock"
 POLICY = TimeoutPolicy(dispatch_grace_seconds=600, attempt_allowance_seconds=300)
