@@ -58,6 +58,7 @@ def job_message(job: Job, destination: Destination) -> tuple[bytes, dict[str, st
             "moving_ae_title": destination.moving_ae_title,
             "transfer_syntax_uid": destination.transfer_syntax_uid,
             "excluded_sop_class_uids": list(destination.excluded_sop_class_uids),
+            "storage_commitment": destination.storage_commitment,
             "retry": {"max_retries": job.max_retries, "retry_timeout_seconds": job.retry_timeout_seconds},
         },
     }

@@ -127,6 +127,8 @@ class Destination:
     auto_archive_since: Optional[datetime] = None
     support_iocm: bool = False
     allow_prefetch: bool = False
+    # Beyond the seeds (issue 6): request Storage Commitment (PS3.4 Annex J) after sending.
+    storage_commitment: bool = False
     active: bool = True
     # Optional HL7 v2 (MLLP) endpoint of the archive, for ADT A08/A40 (issue 4; seed 001).
     hl7_host: Optional[str] = None

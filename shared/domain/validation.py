@@ -207,7 +207,7 @@ def validate_destination(
         hl7_names[key] = value
 
     flags = {}
-    for key, default in (("support_iocm", False), ("allow_prefetch", False), ("active", True)):
+    for key, default in (("support_iocm", False), ("allow_prefetch", False), ("storage_commitment", False), ("active", True)):
         value = data.get(key, default)
         if not isinstance(value, bool):
             errors[key] = "must be true or false"
@@ -242,6 +242,7 @@ def validate_destination(
         auto_archive_since=since if auto_archive else None,
         support_iocm=flags["support_iocm"],
         allow_prefetch=flags["allow_prefetch"],
+        storage_commitment=flags["storage_commitment"],
         active=flags["active"],
         hl7_host=hl7_host,
         hl7_port=hl7_port,

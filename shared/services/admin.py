@@ -21,7 +21,7 @@ GATEWAY_FIELDS = frozenset({"name", "description", "facility_ids", "active"})
 DESTINATION_FIELDS = frozenset({
     "name", "type", "host", "port", "called_ae_title", "calling_ae_title", "moving_ae_title", "gateway_id",
     "facility_ids", "max_retries", "retry_timeout_seconds", "transfer_syntax_uid", "excluded_sop_class_uids",
-    "auto_archive", "trigger_status", "support_iocm", "allow_prefetch", "active", "hl7_host", "hl7_port",
+    "auto_archive", "trigger_status", "support_iocm", "allow_prefetch", "storage_commitment", "active", "hl7_host", "hl7_port",
     "hl7_receiving_application", "hl7_receiving_facility"})
 # Seed 000 Troubleshooting, "Gateway cannot be deleted".
 GATEWAY_HAS_DESTINATIONS = "The gateway has linked destinations: remove all destinations linked to it first."
@@ -215,7 +215,8 @@ def destination_input(d: Destination) -> dict:
         "facility_ids": list(d.facility_ids), "max_retries": d.max_retries, "retry_timeout_seconds": d.retry_timeout_seconds,
         "transfer_syntax_uid": d.transfer_syntax_uid, "excluded_sop_class_uids": list(d.excluded_sop_class_uids),
         "auto_archive": d.auto_archive, "trigger_status": d.trigger_status.value if d.trigger_status else None,
-        "support_iocm": d.support_iocm, "allow_prefetch": d.allow_prefetch, "active": d.active,
+        "support_iocm": d.support_iocm, "allow_prefetch": d.allow_prefetch,
+        "storage_commitment": d.storage_commitment, "active": d.active,
         "hl7_host": d.hl7_host, "hl7_port": d.hl7_port, "hl7_receiving_application": d.hl7_receiving_application,
         "hl7_receiving_facility": d.hl7_receiving_facility,
     }

@@ -1,0 +1,133 @@
+"""An embedded DICOM archive for the local run and the agent's tests: a pynetdicom SCP for Storage
+(every storage SOP class, every transfer syntax), Study Root C-FIND (SERIES and IMAGE level) and
+Storage Commitment Push Model, which it reports asynchronously on a new association to the
+requesting AE, as Orthanc does. ``fail_store_with`` makes C-STORE answer an error status."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+from pydicom.dataset import Dataset
+
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+class EmbeddedArchive:
+    def __init__(self, ae_title: str = "ARCHIVE", host: str = "127.0.0.1", port: int = 0,
+                 peers: Optional[dict[str, tuple[str, int]]] = None):
+        self.ae_title, self._addr = ae_title, (host, port)
+        self.peers = dict(peers or {})  # calling AE title -> where to send commitment reports
+        self.instances: dict[str, Dataset] = {}  # SOP instance UID -> data set (no pixel copies kept)
+        self.transfer_syntaxes: dict[str, str] = {}
+        self.stores = 0
+        self.fail_store_with: Optional[int] = None
+        self.commit_refuse: set[str] = set()  # SOP instance UIDs it will not commit to
+        self._lock = threading.Lock()
+        self._server = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "EmbeddedArchive":
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+        ae = AE(ae_title=self.ae_title)
+        ae.require_called_aet = True  # a wrong called AE title is rejected, as real archives do
+        ae.maximum_pdu_size = 0
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(STUDY_ROOT_FIND)
+        ae.add_supported_context(STORAGE_COMMITMENT)
+        ae.add_supported_context("1.2.840.10008.1.1")  # Verification
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find), (evt.EVT_N_ACTION, self._on_action)]
+        self._server = ae.start_server(self._addr, block=False, evt_handlers=handlers)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server = None
+
+    def study(self, study_uid: str) -> set[str]:
+        with self._lock:
+            return {uid for uid, ds in self.instances.items() if ds.StudyInstanceUID == study_uid}
+
+    # -- services ---------------------------------------------------------------------------
+    def _on_store(self, event) -> int:
+        if self.fail_store_with is not None:
+            return self.fail_store_with
+        ds = event.dataset
+        header = Dataset()
+        for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            setattr(header, kw, getattr(ds, kw))
+        with self._lock:
+            self.instances[str(ds.SOPInstanceUID)] = header
+            self.transfer_syntaxes[str(ds.SOPInstanceUID)] = str(event.context.transfer_syntax)
+            self.stores += 1
+        return 0x0000
+
+    def _on_find(self, event):
+        q = event.identifier
+        level = str(q.get("QueryRetrieveLevel", ""))
+        with self._lock:
+            rows = [ds for ds in self.instances.values() if ds.StudyInstanceUID == q.get("StudyInstanceUID")]
+        if level == "SERIES":
+            for series in sorted({str(ds.SeriesInstanceUID) for ds in rows}):
+                out = Dataset()
+                out.QueryRetrieveLevel, out.StudyInstanceUID, out.SeriesInstanceUID = "SERIES", q.StudyInstanceUID, series
+                yield 0xFF00, out
+        elif level == "IMAGE":
+            for ds in rows:
+                if q.get("SeriesInstanceUID") and ds.SeriesInstanceUID != q.SeriesInstanceUID:
+                    continue
+                out = Dataset()
+                out.QueryRetrieveLevel, out.StudyInstanceUID = "IMAGE", ds.StudyInstanceUID
+                out.SeriesInstanceUID, out.SOPInstanceUID = ds.SeriesInstanceUID, ds.SOPInstanceUID
+                yield 0xFF00, out
+        else:
+            yield 0xA900, None
+            return
+
+    def _on_action(self, event):
+        req = event.action_information
+        peer = self.peers.get(event.assoc.requestor.ae_title)
+        if peer is None:
+            return 0x0110, None
+        refs = [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID)) for i in req.ReferencedSOPSequence]
+        threading.Thread(target=self._report, args=(str(req.TransactionUID), refs, event.assoc.requestor.ae_title, peer),
+                         daemon=True).start()
+        return 0x0000, None
+
+    def _report(self, transaction_uid: str, refs: list[tuple[str, str]], calling: str, peer: tuple[str, int]) -> None:
+        """PS3.4 J.3.3: the N-EVENT-REPORT, on a new association in which we take the SCP role."""
+        from pynetdicom import AE, build_role
+
+        time.sleep(0.05)  # after the N-ACTION response has gone out
+        with self._lock:
+            held = set(self.instances) - self.commit_refuse
+        ok = [r for r in refs if r[1] in held]
+        bad = [r for r in refs if r[1] not in held]
+        ds = Dataset()
+        ds.TransactionUID = transaction_uid
+        ds.ReferencedSOPSequence = [_ref(c, i) for c, i in ok]
+        if bad:
+            ds.FailedSOPSequence = [_ref(c, i, failure=0x0112) for c, i in bad]
+        ae = AE(ae_title=self.ae_title)
+        ae.add_requested_context(STORAGE_COMMITMENT)
+        assoc = ae.associate(peer[0], peer[1], ae_title=calling, ext_neg=[build_role(STORAGE_COMMITMENT, scp_role=True)])
+        if assoc.is_established:
+            assoc.send_n_event_report(ds, 2 if bad else 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
+            assoc.release()
+
+
+def _ref(sop_class: str, sop_instance: str, failure: Optional[int] = None) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+    if failure is not None:
+        item.FailureReason = failure
+    return item

@@ -1,0 +1,179 @@
+"""The agent: one Pub/Sub streaming pull per active job delivery, with flow control (messages held
+at once) and a bounded worker pool (jobs run at once).
+
+Acknowledgement rule (issue 6, ARCHITECTURE.md rule 2): a job message is acked only after its final
+result was accepted by the Result Endpoint, so a crash or an unreachable endpoint means redelivery,
+never loss. Redoing a job is cheap and harmless: the C-FIND skips what the archive already holds,
+and the cloud ignores results for attempts it has moved past. A message that is not a job is
+nacked until the subscription's dead-letter policy moves it to the gateway dead-letter topic."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from .config import AgentConfig, JobDelivery
+from .dimse import CommitmentListener, CommitmentWaiter, Network
+from .fetch import ObjectFetcher
+from .jobs import JobRunner
+from .results import ResultNotDelivered, ResultRefused, ResultReporter
+
+log = logging.getLogger("gateway_agent")
+REQUIRED = ("job_id", "job_type", "attempt", "facility_group_id", "gateway_id", "destination", "result_deadline")
+
+
+class _Recent:
+    """(job id, attempt) keys handled lately: a redelivered message is acked without redoing it."""
+
+    def __init__(self, size: int = 10_000):
+        self._keys: OrderedDict = OrderedDict()
+        self._size, self._lock = size, threading.Lock()
+
+    def add(self, key) -> None:
+        with self._lock:
+            self._keys[key] = None
+            while len(self._keys) > self._size:
+                self._keys.popitem(last=False)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._keys
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, network: Optional[Network] = None,
+                 runner_factory: Optional[Callable[[JobDelivery], JobRunner]] = None,
+                 reporter_factory: Optional[Callable[[JobDelivery], ResultReporter]] = None,
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.cfg, self._now = cfg, now
+        self._net = network or Network(cfg.dimse_timeout_seconds, cfg.network_timeout_seconds)
+        self.waiter = CommitmentWaiter()
+        self._runner_factory = runner_factory or self._runner
+        self._reporter_factory = reporter_factory or (
+            lambda d: ResultReporter(d.result_endpoint_url, d.result_endpoint_secure_key, timeout=cfg.network_timeout_seconds))
+        self._done, self._running, self._lock = _Recent(), set(), threading.Lock()
+        self._futures: list = []
+        self._listener: Optional[CommitmentListener] = None
+        self._subscriber: Any = None
+        self.handled = 0
+
+    def _runner(self, d: JobDelivery) -> JobRunner:
+        return JobRunner(ObjectFetcher(d.service_account_info, d.project_id), self._net, self.waiter,
+                         commitment_timeout=self.cfg.storage_commitment.timeout_seconds,
+                         hl7_timeout=self.cfg.hl7_timeout_seconds, work_dir=self.cfg.work_dir)
+
+    # -- one message ------------------------------------------------------------------------
+    def handle(self, delivery: JobDelivery, runner: JobRunner, reporter: ResultReporter, data: bytes) -> str:
+        """Do the job in ``data``; returns "ack", "nack" or "hold" (a duplicate of a running job:
+        neither, so its lease lapses and it comes back once the first copy has settled)."""
+        try:
+            job = json.loads(data)
+            if not isinstance(job, dict) or any(k not in job for k in REQUIRED):
+                raise ValueError
+        except ValueError:
+            log.error("not a job message; leaving it for the dead-letter topic", extra={"delivery": delivery.name})
+            return "nack"
+        key, ids = (job["job_id"], job["attempt"]), {"job_id": job["job_id"], "attempt": job["attempt"]}
+        if key in self._done:
+            return "ack"
+        with self._lock:
+            if key in self._running:
+                return "hold"
+            self._running.add(key)
+        try:
+            try:
+                deadline = datetime.fromisoformat(job["result_deadline"])
+            except (TypeError, ValueError):
+                log.error("job message with an unreadable result deadline", extra=ids)
+                return "nack"
+            if deadline <= self._now():
+                # The cloud has already closed this attempt (archive state UNKNOWN); a manual retry
+                # sends a new attempt.
+                log.warning("job attempt expired before it was started; skipped", extra=ids)
+                self._done.add(key)
+                return "ack"
+            try:
+                reporter.post(job, "IN_PROGRESS")
+                log.info("job started", extra={**ids, "job_type": job["job_type"], "destination_id": job["destination"].get("id")})
+                outcome = runner.run(job)
+                accepted = reporter.post(job, outcome.state, outcome.reason, outcome.counts)
+            except ResultRefused as e:
+                log.error("result refused; dropping the job message", extra={**ids, "why": str(e)})
+                self._done.add(key)
+                return "ack"
+            except ResultNotDelivered as e:
+                log.error("result not delivered; the job message will be redelivered", extra={**ids, "why": str(e)})
+                return "nack"
+            log.info("job finished", extra={**ids, "state": outcome.state, "outcome": accepted, "counts": outcome.counts})
+            self._done.add(key)
+            self.handled += 1
+            return "ack"
+        except Exception as e:  # a bug must not lose the job: leave it for redelivery
+            log.exception("job failed unexpectedly; the job message will be redelivered", extra={**ids, "why": type(e).__name__})
+            return "nack"
+        finally:
+            with self._lock:
+                self._running.discard(key)
+
+    # -- Pub/Sub ----------------------------------------------------------------------------
+    def _subscriber_client(self, d: JobDelivery):
+        from google.cloud import pubsub_v1
+
+        creds = None
+        if not os.environ.get("PUBSUB_EMULATOR_HOST"):
+            from google.oauth2 import service_account
+
+            creds = service_account.Credentials.from_service_account_info(
+                d.service_account_info, scopes=["https://www.googleapis.com/auth/pubsub"])
+        return pubsub_v1.SubscriberClient(credentials=creds)
+
+    def start(self) -> "Agent":
+        from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
+        from google.cloud.pubsub_v1.types import FlowControl
+
+        active = self.cfg.active_deliveries
+        if not active:
+            raise RuntimeError("no active job delivery in the config: set \"active\": true to start (seed 000 Step 3.4)")
+        sc = self.cfg.storage_commitment
+        if sc.port:
+            self._listener = CommitmentListener(self.waiter, sc.ae_title, sc.host, sc.port).start()
+        for d in active:
+            runner, reporter = self._runner_factory(d), self._reporter_factory(d)
+            subscriber = self._subscriber_client(d)
+            pool = ThreadPoolExecutor(max_workers=self.cfg.max_concurrent_jobs, thread_name_prefix=f"job-{d.name[:10]}")
+
+            def callback(message, d=d, runner=runner, reporter=reporter) -> None:
+                verdict = self.handle(d, runner, reporter, message.data)
+                if verdict == "ack":
+                    message.ack()
+                elif verdict == "nack":
+                    message.nack()
+
+            flow = FlowControl(max_messages=self.cfg.max_outstanding_messages, max_lease_duration=4 * 3600)
+            future = subscriber.subscribe(d.subscription_path, callback, flow_control=flow,
+                                          scheduler=ThreadScheduler(executor=pool), await_callbacks_on_shutdown=True)
+            self._futures.append((subscriber, future))
+            log.info("job delivery active", extra={"delivery": d.name, "subscription": d.subscription_path})
+        return self
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        for _, future in self._futures:
+            future.result(timeout=timeout)
+
+    def stop(self) -> None:
+        for subscriber, future in self._futures:
+            future.cancel()
+            try:
+                future.result(timeout=60)
+            except Exception:  # cancelled streams end with an error by design
+                pass
+            subscriber.close()
+        self._futures.clear()
+        if self._listener:
+            self._listener.stop()
+            self._listener = None

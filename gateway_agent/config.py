@@ -1,0 +1,166 @@
+"""The agent's config file (JSON).
+
+``job_deliveries`` holds exactly the fields of seed 000 "Configure Job Delivery on the Gateway":
+name, project id, subscription id, result endpoint URL, result endpoint secure key, service
+account file (JSON, pasted whole) and the active flag. Everything else is optional tuning of this
+agent with safe defaults (see docs/gateway-agent.md)::
+
+    {
+      "job_deliveries": [{
+        "name": "Main datacenter", "project_id": "acme-pacs", "subscription_id": "gateway-pubsub-gw-1-sub",
+        "result_endpoint_url": "https://.../on_job_result", "result_endpoint_secure_key": "...",
+        "service_account_json": {... or the JSON text ...}, "active": true
+      }],
+      "max_concurrent_jobs": 4,
+      "storage_commitment": {"ae_title": "GW_SCU", "host": "0.0.0.0", "port": 11113, "timeout_seconds": 60}
+    }
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+SEED_FIELDS = ("name", "project_id", "subscription_id", "result_endpoint_url", "result_endpoint_secure_key",
+               "service_account_json", "active")
+
+
+class ConfigError(ValueError):
+    """The config file is unusable; the message names every bad field (never its value)."""
+
+
+@dataclass(frozen=True)
+class JobDelivery:
+    name: str
+    project_id: str
+    subscription_id: str
+    result_endpoint_url: str
+    result_endpoint_secure_key: str = field(repr=False)
+    service_account_info: dict = field(repr=False)
+    active: bool
+
+    @property
+    def subscription_path(self) -> str:
+        return f"projects/{self.project_id}/subscriptions/{self.subscription_id}"
+
+
+@dataclass(frozen=True)
+class CommitmentListener:
+    """Where the archive sends Storage Commitment N-EVENT-REPORTs (PS3.4 J.3.3): most archives
+    (Orthanc included) report on a new association to the calling AE, so the archive must know this
+    address under the destination's calling AE title."""
+
+    ae_title: str = "ARCHSYNC_GW"
+    host: str = "0.0.0.0"
+    port: int = 0  # 0 = no listener: only reports on the sending association are received
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    deliveries: tuple[JobDelivery, ...]
+    max_concurrent_jobs: int = 4
+    # Pub/Sub flow control: messages held at once (leased), beyond those running.
+    max_outstanding_messages: int = 8
+    dimse_timeout_seconds: float = 30.0
+    network_timeout_seconds: float = 10.0
+    hl7_timeout_seconds: float = 10.0
+    work_dir: Optional[str] = None  # where study files are spooled; the system temp dir by default
+    storage_commitment: CommitmentListener = CommitmentListener()
+
+    @property
+    def active_deliveries(self) -> tuple[JobDelivery, ...]:
+        return tuple(d for d in self.deliveries if d.active)
+
+
+def _delivery(i: int, raw: Any, errors: dict[str, str]) -> Optional[JobDelivery]:
+    where = f"job_deliveries[{i}]"
+    if not isinstance(raw, dict):
+        errors[where] = "must be an object"
+        return None
+    unknown = sorted(set(raw) - set(SEED_FIELDS))
+    if unknown:
+        errors[f"{where}"] = f"unknown fields {unknown}; the fields are {list(SEED_FIELDS)}"
+    for key in ("name", "project_id", "subscription_id", "result_endpoint_url", "result_endpoint_secure_key"):
+        if not isinstance(raw.get(key), str) or not raw.get(key, "").strip():
+            errors[f"{where}.{key}"] = "required text"
+    url = urlparse(str(raw.get("result_endpoint_url", "")))
+    if raw.get("result_endpoint_url") and (url.scheme not in ("https", "http") or not url.netloc):
+        errors[f"{where}.result_endpoint_url"] = "must be an https:// URL"
+    sa = raw.get("service_account_json")
+    if isinstance(sa, str):
+        try:
+            sa = json.loads(sa)
+        except ValueError:
+            sa = None
+    if not isinstance(sa, dict) or sa.get("type") != "service_account" or not sa.get("client_email") or not sa.get("private_key"):
+        errors[f"{where}.service_account_json"] = "must be the downloaded service account key file (JSON, type service_account)"
+    if not isinstance(raw.get("active", False), bool):
+        errors[f"{where}.active"] = "must be true or false"
+    if any(k.startswith(where) for k in errors):
+        return None
+    return JobDelivery(name=raw["name"].strip(), project_id=raw["project_id"].strip(),
+                       subscription_id=raw["subscription_id"].strip(), result_endpoint_url=raw["result_endpoint_url"].strip(),
+                       result_endpoint_secure_key=raw["result_endpoint_secure_key"].strip(), service_account_info=sa,
+                       active=raw.get("active", False))
+
+
+def _positive(raw: dict, key: str, default, errors: dict[str, str], cast=float):
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        errors[key] = "must be a positive number"
+        return default
+    return cast(value)
+
+
+def parse(raw: Any) -> AgentConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("config: must be a JSON object")
+    errors: dict[str, str] = {}
+    items = raw.get("job_deliveries")
+    if not isinstance(items, list) or not items:
+        errors["job_deliveries"] = "must list at least one job delivery"
+        items = []
+    deliveries = [d for i, r in enumerate(items) if (d := _delivery(i, r, errors))]
+    subs = [d.subscription_path for d in deliveries]
+    if len(set(subs)) != len(subs):
+        errors["job_deliveries"] = "two job deliveries name the same subscription"
+    sc_raw = raw.get("storage_commitment", {})
+    sc = CommitmentListener()
+    if not isinstance(sc_raw, dict):
+        errors["storage_commitment"] = "must be an object"
+    else:
+        port = sc_raw.get("port", 0)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            errors["storage_commitment.port"] = "must be a port number (0 = no listener)"
+            port = 0
+        ae = sc_raw.get("ae_title", sc.ae_title)
+        if not isinstance(ae, str) or not 1 <= len(ae) <= 16 or any(c == "\\" or not 0x20 < ord(c) < 0x7F for c in ae):
+            errors["storage_commitment.ae_title"] = "must be 1-16 characters without spaces or backslash"
+        sc = CommitmentListener(ae_title=ae if isinstance(ae, str) else sc.ae_title, host=str(sc_raw.get("host", sc.host)),
+                                port=port, timeout_seconds=_positive(sc_raw, "timeout_seconds", sc.timeout_seconds, errors))
+    cfg = AgentConfig(
+        deliveries=tuple(deliveries),
+        max_concurrent_jobs=_positive(raw, "max_concurrent_jobs", 4, errors, int),
+        max_outstanding_messages=_positive(raw, "max_outstanding_messages", 8, errors, int),
+        dimse_timeout_seconds=_positive(raw, "dimse_timeout_seconds", 30.0, errors),
+        network_timeout_seconds=_positive(raw, "network_timeout_seconds", 10.0, errors),
+        hl7_timeout_seconds=_positive(raw, "hl7_timeout_seconds", 10.0, errors),
+        work_dir=raw.get("work_dir"),
+        storage_commitment=sc,
+    )
+    if errors:
+        raise ConfigError("; ".join(f"{k}: {v}" for k, v in sorted(errors.items())))
+    return cfg
+
+
+def load(path: str | Path) -> AgentConfig:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"config: {path} is not JSON ({e.msg} at line {e.lineno})") from None
+    return parse(raw)

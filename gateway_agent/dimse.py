@@ -1,0 +1,307 @@
+"""DICOM network work against one destination (pynetdicom): C-FIND what the archive already holds,
+C-STORE the rest, request Storage Commitment. Every failure becomes a ``DimseError`` whose reason
+is what an administrator needs to fix it (association rejected and why, C-STORE status, timeout)."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+log = logging.getLogger("gateway_agent.dimse")
+
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # well-known SOP instance, PS3.4 J.3.1
+IMPLICIT_LE, EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+UNCOMPRESSED = {IMPLICIT_LE, EXPLICIT_LE, "1.2.840.10008.1.2.2"}
+MAX_CONTEXTS = 120  # PS3.8: at most 128 presentation contexts per association
+
+# PS3.4 Annex B.2.3 / C.4.1.1.4 status meanings, for reasons an administrator can act on.
+STATUS_TEXT = {
+    0x0122: "SOP class not supported", 0x0124: "not authorized", 0x0210: "duplicate invocation",
+    0x0211: "unrecognized operation", 0x0212: "mistyped argument", 0xA700: "out of resources",
+    0xA900: "data set does not match SOP class", 0xC000: "cannot understand", 0xA801: "move destination unknown",
+    0xB000: "coercion of data elements", 0xB006: "elements discarded", 0xB007: "data set does not match SOP class (warning)",
+    0x0110: "processing failure", 0x0112: "no such object instance", 0x0119: "class-instance conflict",
+    0x0131: "duplicate transaction UID",
+}
+
+
+class DimseError(Exception):
+    def __init__(self, reason: str, retryable: bool = True):
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+
+def status_text(code: int) -> str:
+    text = STATUS_TEXT.get(code) or STATUS_TEXT.get(code & 0xFF00) or (
+        "out of resources" if code & 0xFF00 == 0xA700 else "refused" if code & 0xF000 == 0xA000 else "error")
+    return f"0x{code:04X} ({text})"
+
+
+def is_stored(code: int) -> bool:
+    # Success and the Warning statuses of PS3.4 B.2.3 (0xB000, 0xB006, 0xB007): the archive kept it.
+    return code == 0x0000 or code & 0xF000 == 0xB000
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    called_ae_title: str
+    calling_ae_title: str
+
+    @classmethod
+    def of(cls, destination: dict) -> "Endpoint":
+        return cls(destination["host"], destination["port"], destination["called_ae_title"], destination["calling_ae_title"])
+
+    def __str__(self) -> str:
+        return f"{self.called_ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Instance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    path: object  # pathlib.Path of the Part-10 file
+
+
+@dataclass
+class StoreReport:
+    sent: list[Instance] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # sop instance uid -> reason
+
+
+class Network:
+    def __init__(self, dimse_timeout: float = 30.0, network_timeout: float = 10.0, acse_timeout: float = 10.0):
+        self._timeouts = (dimse_timeout, network_timeout, acse_timeout)
+
+    def _ae(self, calling: str):
+        from pynetdicom import AE
+
+        ae = AE(ae_title=calling)
+        ae.dimse_timeout, ae.network_timeout, ae.acse_timeout = self._timeouts
+        ae.maximum_pdu_size = 0  # no limit: fewer P-DATA fragments for large images
+        return ae
+
+    def associate(self, ep: Endpoint, contexts: Iterable[tuple[str, list[str]]], handlers: Optional[list] = None):
+        """An established association, or DimseError saying precisely why not."""
+        from pynetdicom import evt
+
+        ae = self._ae(ep.calling_ae_title)
+        for abstract, syntaxes in contexts:
+            ae.add_requested_context(abstract, syntaxes)
+        seen: dict = {}
+
+        def on_acse(event) -> None:
+            p = event.primitive
+            result = getattr(p, "result", None)
+            if result in (1, 2):
+                seen["reject"] = p
+            elif result == 0:
+                seen["accepted"] = True
+
+        assoc = ae.associate(ep.host, ep.port, ae_title=ep.called_ae_title,
+                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)] + list(handlers or []))
+        if assoc.is_established:
+            return assoc
+        rj = seen.get("reject")
+        if rj is not None:
+            permanent = rj.result == 1
+            raise DimseError(f"Association rejected by {ep}: {rj.reason_str} (A-ASSOCIATE-RJ result {rj.result} "
+                             f"'{rj.result_str}', source {rj.result_source} '{rj.source_str}', reason {rj.diagnostic})",
+                             retryable=not permanent)
+        if seen.get("accepted"):  # accepted, then aborted by pynetdicom: no usable context
+            raise DimseError(f"{ep} accepted none of the proposed presentation contexts", retryable=False)
+        raise DimseError(f"Cannot connect to {ep}: connection refused, timed out or aborted by the peer", retryable=True)
+
+    # -- C-FIND -----------------------------------------------------------------------------
+    def held_instances(self, ep: Endpoint, study_uid: str) -> Optional[set[str]]:
+        """SOP instance UIDs of the study the archive already holds (Study Root, SERIES then IMAGE
+        level: hierarchical queries every archive answers). None when the archive does not support
+        C-FIND for us: then everything is sent (a C-STORE of a held instance is harmless)."""
+        from pydicom.dataset import Dataset
+
+        assoc = self.associate(ep, [(STUDY_ROOT_FIND, [EXPLICIT_LE, IMPLICIT_LE])])
+        try:
+            if not assoc.accepted_contexts:
+                return None
+
+            def find(level: str, **keys) -> Optional[list]:
+                q = Dataset()
+                q.QueryRetrieveLevel = level
+                q.StudyInstanceUID = study_uid
+                q.SeriesInstanceUID = keys.get("series", "")
+                if level == "IMAGE":
+                    q.SOPInstanceUID = ""
+                rows = []
+                for status, ident in assoc.send_c_find(q, STUDY_ROOT_FIND):
+                    code = getattr(status, "Status", None)
+                    if code is None:
+                        raise DimseError(f"C-FIND to {ep}: no response within the DIMSE timeout or association aborted")
+                    if code in (0xFF00, 0xFF01) and ident is not None:
+                        rows.append(ident)
+                    elif code != 0x0000:
+                        log.warning("C-FIND refused; sending everything", extra={"status": f"0x{code:04X}"})
+                        return None
+                return rows
+
+            series = find("SERIES")
+            if series is None:
+                return None
+            held: set[str] = set()
+            for s in series:
+                images = find("IMAGE", series=str(s.get("SeriesInstanceUID", "")))
+                if images is None:
+                    return None
+                held.update(str(i.get("SOPInstanceUID", "")) for i in images)
+            held.discard("")
+            return held
+        finally:
+            _release(assoc)
+
+    # -- C-STORE ----------------------------------------------------------------------------
+    def store(self, ep: Endpoint, instances: list[Instance], transfer_syntax: Optional[str],
+              on_stored: Callable[[Instance], None] = lambda i: None) -> StoreReport:
+        """C-STORE each instance. Contexts: the destination's transfer syntax only when it names
+        one (pynetdicom converts between uncompressed syntaxes; a compressed file in another
+        syntax cannot be sent and fails with that reason), else each file's own syntax plus the
+        uncompressed ones."""
+        report = StoreReport()
+        plan: dict[tuple[str, tuple[str, ...]], list[Instance]] = defaultdict(list)
+        for inst in instances:
+            own = inst.transfer_syntax_uid
+            if transfer_syntax and own != transfer_syntax and not {own, transfer_syntax} <= UNCOMPRESSED:
+                report.failed[inst.sop_instance_uid] = (f"stored as {own}; the destination requires {transfer_syntax} "
+                                                       "and the agent does not transcode compressed images")
+                continue
+            if transfer_syntax:
+                key = (inst.sop_class_uid, (transfer_syntax,))
+            elif own in UNCOMPRESSED:
+                key = (inst.sop_class_uid, (EXPLICIT_LE, IMPLICIT_LE))
+            else:
+                key = (inst.sop_class_uid, (own, EXPLICIT_LE))
+            plan[key].append(inst)
+        keys = list(plan)
+        for start in range(0, len(keys), MAX_CONTEXTS):
+            batch = keys[start:start + MAX_CONTEXTS]
+            assoc = self.associate(ep, [(k[0], list(k[1])) for k in batch])
+            try:
+                for k in batch:
+                    for inst in plan[k]:
+                        self._store_one(assoc, ep, inst, report, on_stored)
+            finally:
+                _release(assoc)
+        return report
+
+    def _store_one(self, assoc, ep: Endpoint, inst: Instance, report: StoreReport, on_stored) -> None:
+        if not assoc.is_established:
+            raise DimseError(f"Association with {ep} aborted during C-STORE")
+        try:
+            status = assoc.send_c_store(inst.path)
+        except ValueError as e:  # no accepted presentation context for this SOP class / syntax
+            report.failed[inst.sop_instance_uid] = f"not accepted by {ep}: {e}"[:300]
+            return
+        code = getattr(status, "Status", None)
+        if code is None:
+            raise DimseError(f"C-STORE to {ep}: no response within the DIMSE timeout or association aborted")
+        if is_stored(code):
+            report.sent.append(inst)
+            on_stored(inst)
+        else:
+            report.failed[inst.sop_instance_uid] = f"C-STORE status {status_text(code)}"
+
+    # -- Storage Commitment (PS3.4 Annex J) ---------------------------------------------------
+    def request_commitment(self, ep: Endpoint, transaction_uid: str, refs: list[tuple[str, str]],
+                           on_report: Callable) -> object:
+        """Send the N-ACTION; returns the open association (reports may arrive on it) for the
+        caller to release once the N-EVENT-REPORT is in."""
+        from pydicom.dataset import Dataset
+        from pynetdicom import evt
+
+        ds = Dataset()
+        ds.TransactionUID = transaction_uid
+        items = []
+        for sop_class, sop_instance in refs:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+            items.append(item)
+        ds.ReferencedSOPSequence = items
+        assoc = self.associate(ep, [(STORAGE_COMMITMENT, [EXPLICIT_LE, IMPLICIT_LE])],
+                               handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+        try:
+            if not assoc.accepted_contexts:
+                raise DimseError(f"{ep} does not accept Storage Commitment Push Model", retryable=False)
+            status, _ = assoc.send_n_action(ds, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
+        except DimseError:
+            _release(assoc)
+            raise
+        code = getattr(status, "Status", None)
+        if code != 0x0000:
+            _release(assoc)
+            raise DimseError(f"Storage Commitment N-ACTION refused by {ep}: "
+                             + (status_text(code) if code is not None else "no response"))
+        return assoc
+
+
+def _release(assoc) -> None:
+    if assoc.is_established:
+        assoc.release()
+
+
+class CommitmentWaiter:
+    """Collects N-EVENT-REPORTs by Transaction UID, from the sending association or from the
+    agent's listener (a new association opened by the archive)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._reports: dict[str, tuple[set[str], dict[str, int]]] = {}
+        self.reports_received = 0
+
+    def handle(self, event) -> tuple[int, None]:
+        """pynetdicom EVT_N_EVENT_REPORT handler: record the outcome, answer Success."""
+        info = event.event_information
+        uid = str(info.get("TransactionUID", ""))
+        ok = {str(i.ReferencedSOPInstanceUID) for i in info.get("ReferencedSOPSequence", [])}
+        failed = {str(i.ReferencedSOPInstanceUID): int(i.get("FailureReason", 0x0110)) for i in info.get("FailedSOPSequence", [])}
+        with self._cond:
+            self._reports[uid] = (ok, failed)
+            self.reports_received += 1
+            self._cond.notify_all()
+        return 0x0000, None
+
+    def wait(self, transaction_uid: str, timeout: float) -> Optional[tuple[set[str], dict[str, int]]]:
+        with self._cond:
+            self._cond.wait_for(lambda: transaction_uid in self._reports, timeout=timeout)
+            return self._reports.pop(transaction_uid, None)
+
+
+class CommitmentListener:
+    """The agent's own SCP for N-EVENT-REPORTs sent on a new association (PS3.4 J.3.3.1: the SCP
+    of storage commitment opens it as requestor in the SCP role)."""
+
+    def __init__(self, waiter: CommitmentWaiter, ae_title: str, host: str, port: int):
+        self._waiter, self._ae_title, self._addr = waiter, ae_title, (host, port)
+        self._server = None
+
+    def start(self) -> "CommitmentListener":
+        from pynetdicom import AE, evt
+
+        ae = AE(ae_title=self._ae_title)
+        ae.require_called_aet = False  # the archive calls us by the destination's calling AE title
+        ae.add_supported_context(STORAGE_COMMITMENT, [EXPLICIT_LE, IMPLICIT_LE], scu_role=False, scp_role=True)
+        self._server = ae.start_server(self._addr, block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._waiter.handle)])
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else 0
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server = None

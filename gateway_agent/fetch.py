@@ -1,0 +1,103 @@
+"""Fetching a job's Part-10 files from Cloud Storage into a spool directory (bounded memory:
+a 2,000-image study never sits in RAM)."""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+
+class FetchError(Exception):
+    def __init__(self, reason: str, retryable: bool):
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("gs://") or "/" not in uri[5:] and not uri[5:]:
+        raise FetchError(f"not a gs:// URI: {uri!r}", retryable=False)
+    bucket, _, name = uri[5:].partition("/")
+    return bucket, name
+
+
+class ObjectFetcher:
+    """Downloads with the gateway's service account (seed 000 Step 3: the SA JSON key). Against the
+    Storage emulator (STORAGE_EMULATOR_HOST) the client library authenticates anonymously."""
+
+    def __init__(self, service_account_info: dict, project_id: str, parallel: int = 8):
+        self._sa, self._project, self._parallel = service_account_info, project_id, parallel
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _storage(self):
+        with self._lock:
+            if self._client is None:
+                from google.cloud import storage
+
+                creds = None
+                if not os.environ.get("STORAGE_EMULATOR_HOST"):
+                    from google.oauth2 import service_account
+
+                    creds = service_account.Credentials.from_service_account_info(
+                        self._sa, scopes=["https://www.googleapis.com/auth/devstorage.read_only"])
+                self._client = storage.Client(project=self._project, credentials=creds)
+            return self._client
+
+    def _call(self, what: str, fn):
+        from google.api_core import exceptions as gexc
+
+        try:
+            return fn()
+        except gexc.NotFound:
+            raise FetchError(f"{what}: not found in Cloud Storage", retryable=False) from None
+        except gexc.Forbidden:
+            raise FetchError(f"{what}: the gateway's service account may not read it", retryable=False) from None
+        except (gexc.GoogleAPICallError, gexc.RetryError, OSError) as e:
+            raise FetchError(f"{what}: Cloud Storage unavailable ({type(e).__name__})", retryable=True) from None
+
+    def fetch_prefix(self, uri: str, into: Path) -> list[Path]:
+        """Every object under a gs:// prefix (the study's Part-10 files)."""
+        bucket, prefix = split_uri(uri)
+        client = self._storage()
+        names = self._call(uri, lambda: [b.name for b in client.list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")])
+        if not names:
+            raise FetchError(f"{uri}: no files under the study's storage prefix", retryable=True)
+        return self._download_all(bucket, names, into)
+
+    def fetch_object(self, uri: str, into: Path) -> Path:
+        bucket, name = split_uri(uri)
+        return self._download_all(bucket, [name], into)[0]
+
+    def _download_all(self, bucket: str, names: list[str], into: Path) -> list[Path]:
+        client = self._storage()
+        b = client.bucket(bucket)
+        into.mkdir(parents=True, exist_ok=True)
+
+        def one(i_name: tuple[int, str]) -> Path:
+            i, name = i_name
+            path = into / f"{i:06d}.dcm"
+            self._call(f"gs://{bucket}/{name}", lambda: b.blob(name).download_to_filename(str(path)))
+            return path
+
+        with ThreadPoolExecutor(max_workers=min(self._parallel, len(names))) as pool:
+            return list(pool.map(one, enumerate(names)))
+
+
+def read_header(path: Path) -> Optional[dict]:
+    """SOP class/instance, series and transfer syntax of a Part-10 file, or None if it is not one."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
+    except (InvalidDicomError, OSError, ValueError):
+        return None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "SOPInstanceUID" not in ds:
+        return None
+    return {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
+            "series_instance_uid": str(ds.get("SeriesInstanceUID", "")), "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+            "transfer_syntax_uid": str(meta.TransferSyntaxUID), "path": path}

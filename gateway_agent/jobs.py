@@ -1,0 +1,142 @@
+"""Doing one job (contract job-message.v1) with the destination's retry policy.
+
+ARCHIVE and DICOM: fetch the study's files, C-FIND what the archive holds, C-STORE the rest
+(honouring the destination's transfer syntax and excluded SOP classes), then Storage Commitment
+where the destination asks for it. IOCM/KOS: C-STORE the generated note. ADT: MLLP and the ACK.
+A failed attempt is retried after ``retry_timeout_seconds`` up to ``max_retries`` times (seed 000
+Destinations: "Max Retries", "Retry Timeout"); a failure the archive calls permanent (A-ASSOCIATE-RJ
+rejected-permanent, a syntax the agent cannot produce) is not retried."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .dimse import CommitmentWaiter, DimseError, Endpoint, Instance, Network
+from .fetch import FetchError, ObjectFetcher, read_header
+from .mllp import Hl7Error, send as send_hl7
+from .results import Outcome
+
+log = logging.getLogger("gateway_agent.jobs")
+JobFailure = (DimseError, FetchError, Hl7Error)
+
+
+class JobRunner:
+    def __init__(self, fetcher: ObjectFetcher, network: Network, waiter: CommitmentWaiter, *,
+                 commitment_timeout: float = 60.0, hl7_timeout: float = 10.0, work_dir: Optional[str] = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self._fetcher, self._net, self._waiter = fetcher, network, waiter
+        self._commit_timeout, self._hl7_timeout, self._work_dir, self._sleep = commitment_timeout, hl7_timeout, work_dir, sleep
+
+    def run(self, job: dict) -> Outcome:
+        retry = job["destination"]["retry"]
+        attempts = 1 + retry["max_retries"]
+        spool = Path(tempfile.mkdtemp(prefix=f"{job['job_id']}-", dir=self._work_dir))
+        state: dict = {"spool": spool}
+        try:
+            for n in range(1, attempts + 1):
+                try:
+                    return self._attempt(job, state)
+                except JobFailure as e:
+                    log.warning("job attempt failed", extra={"job_id": job["job_id"], "try": n, "why": e.reason})
+                    if not e.retryable or n == attempts:
+                        tries = f"after {n} attempt{'s' if n > 1 else ''}" if e.retryable or n > 1 else "not retried: permanent"
+                        return Outcome("FAILED", f"{e.reason} ({tries})", state.get("counts"))
+                    self._sleep(retry["retry_timeout_seconds"])
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+
+    def _attempt(self, job: dict, state: dict) -> Outcome:
+        kind = job["job_type"]
+        if kind == "ADT":
+            h = job["hl7"]
+            send_hl7(h["host"], h["port"], h["message"], h.get("control_id", ""), self._hl7_timeout)
+            return Outcome("COMPLETED", None, {"total": 1, "sent": 1})
+        if "instances" not in state:
+            state["instances"] = self._instances(job, state["spool"])
+        return self._send(job, state)
+
+    def _instances(self, job: dict, spool: Path) -> list[Instance]:
+        """The instances this job is about, from Cloud Storage."""
+        if job.get("object_uri"):  # IOCM/KOS: the generated note, under the gateway's own prefix
+            paths = [self._fetcher.fetch_object(job["object_uri"], spool)]
+        else:
+            uri = (job.get("study") or {}).get("storage_uri")
+            if not uri:
+                raise FetchError("the job names no study storage URI", retryable=False)
+            paths = self._fetcher.fetch_prefix(uri, spool)
+        found = {}
+        for p in paths:
+            h = read_header(p)
+            if h is None:
+                log.warning("skipping a file that is not DICOM Part 10", extra={"job_id": job["job_id"], "file": p.name})
+                continue
+            found[h["sop_instance_uid"]] = Instance(h["sop_class_uid"], h["sop_instance_uid"], h["series_instance_uid"],
+                                                    h["transfer_syntax_uid"], p)
+        if job.get("object_uri"):
+            if not found:
+                raise FetchError(f"{job['object_uri']} is not a DICOM Part-10 file", retryable=False)
+            return list(found.values())
+        wanted = [i["sop_instance_uid"] for i in job.get("instances") or []]
+        if not wanted:
+            return list(found.values())
+        missing = [u for u in wanted if u not in found]
+        if missing:
+            # The platform may still be writing late images: worth another try.
+            raise FetchError(f"{len(missing)} of {len(wanted)} instances named by the job are not in the study's storage",
+                             retryable=True)
+        return [found[u] for u in wanted]
+
+    def _send(self, job: dict, state: dict) -> Outcome:
+        dest = job["destination"]
+        ep = Endpoint.of(dest)
+        instances: list[Instance] = state["instances"]
+        excluded = set(dest.get("excluded_sop_class_uids") or [])
+        eligible = [i for i in instances if i.sop_class_uid not in excluded]
+        held: set[str] = set()
+        if not job.get("object_uri") and eligible:
+            held = self._net.held_instances(ep, job["study"]["study_instance_uid"]) or set()
+        sent: set[str] = state.setdefault("sent", set())  # by this job's earlier attempts
+        todo = [i for i in eligible if i.sop_instance_uid not in held and i.sop_instance_uid not in sent]
+        report = self._net.store(ep, todo, dest.get("transfer_syntax_uid")) if todo else None
+        if report:
+            sent.update(i.sop_instance_uid for i in report.sent)
+        counts = state["counts"] = {
+            "total": len(instances), "sent": len(sent),
+            "already_present": sum(1 for i in eligible if i.sop_instance_uid in held and i.sop_instance_uid not in sent),
+            "excluded": len(instances) - len(eligible), "failed": len(report.failed) if report else 0}
+        if report and report.failed:
+            first = next(iter(report.failed.values()))
+            permanent = all("does not transcode" in r for r in report.failed.values())
+            raise DimseError(f"{len(report.failed)} of {len(eligible)} instances not stored by {ep}: {first}",
+                             retryable=not permanent)
+        if dest.get("storage_commitment") and eligible:
+            self._commit(ep, eligible)
+        reason = None
+        if counts["excluded"] and not eligible:
+            reason = "every instance is of a SOP class the destination excludes"
+        return Outcome("COMPLETED", reason, counts)
+
+    def _commit(self, ep: Endpoint, instances: list[Instance]) -> None:
+        from pydicom.uid import generate_uid
+
+        uid = generate_uid()
+        assoc = self._net.request_commitment(ep, uid, [(i.sop_class_uid, i.sop_instance_uid) for i in instances],
+                                             self._waiter.handle)
+        try:
+            report = self._waiter.wait(uid, self._commit_timeout)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if report is None:
+            raise DimseError(f"no Storage Commitment report from {ep} within {self._commit_timeout:g} s")
+        ok, failed = report
+        missing = [i for i in instances if i.sop_instance_uid not in ok and i.sop_instance_uid not in failed]
+        if failed or missing:
+            code = next(iter(failed.values()), 0x0110)
+            raise DimseError(f"{ep} did not commit to {len(failed) + len(missing)} of {len(instances)} instances "
+                             f"(Storage Commitment failure reason 0x{code:04X})")
