@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Optional
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root for generated UIDs
 
@@ -22,7 +21,7 @@ class StudyFile:
 
 
 def make_study(study_uid: str, count: int, *, series: int = 1, patient_id: str = "SYN0001",
-               start: int = 0, source: str = "CT_small.dcm", transfer_syntax: Optional[str] = None) -> list[StudyFile]:
+               start: int = 0, source: str = "CT_small.dcm") -> list[StudyFile]:
     """``count`` instances spread over ``series`` series; ``start`` offsets instance numbers so a
     later call adds new instances (late images) to the same study."""
     from pydicom import dcmread
@@ -40,8 +39,6 @@ def make_study(study_uid: str, count: int, *, series: int = 1, patient_id: str =
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientID, ds.PatientName = patient_id, "SYNTHETIC^PATIENT"
         ds.SeriesNumber, ds.InstanceNumber = s + 1, n + 1
-        if transfer_syntax:
-            ds.file_meta.TransferSyntaxUID = transfer_syntax
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         out.append(StudyFile(str(ds.SeriesInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID), buf.getvalue()))

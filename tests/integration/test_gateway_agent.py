@@ -1,0 +1,277 @@
+"""The reference agent's job handling against the GCS emulator and the embedded pynetdicom archive
+(fast; the Orthanc runs are in tests/e2e): what is sent, what is skipped, retries, precise
+reasons, storage commitment, MLLP, and when a Pub/Sub message is acked."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pynetdicom import evt
+
+from devstack.archive_scp import EmbeddedArchive
+from devstack.studies import make_study, upload
+from gateway_agent.agent import Agent
+from gateway_agent.config import parse
+from gateway_agent.dimse import CommitmentListener, CommitmentWaiter, Network
+from gateway_agent.fetch import ObjectFetcher
+from gateway_agent.jobs import JobRunner
+from gateway_agent.results import Outcome, ResultNotDelivered, ResultRefused
+from shared.contracts import validate
+from tests.e2e.harness import FAKE_SA
+
+STUDY = "1.2.826.0.1.3680043.8.498.8001"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+
+
+def job(kind: str = "ARCHIVE", *, port: int, called: str = "ARCHIVE", uri: str = "", max_retries: int = 2, **kw) -> dict:
+    body = {
+        "schema_version": "1", "job_id": f"{kind.lower()}-{'a' * 32}", "job_type": kind, "attempt": 1,
+        "facility_group_id": "fg-1", "gateway_id": "gw-1", "queued_at": datetime.now(timezone.utc).isoformat(),
+        "result_deadline": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat(),
+        "destination": {"id": "dst-1", "name": "VNA", "type": "DICOM_SCP", "host": "127.0.0.1", "port": port,
+                        "called_ae_title": called, "calling_ae_title": "GW_SCU", "moving_ae_title": None,
+                        "transfer_syntax_uid": None, "excluded_sop_class_uids": [], "storage_commitment": False,
+                        "retry": {"max_retries": max_retries, "retry_timeout_seconds": 3}},
+    }
+    if kind != "ADT":
+        body["study"] = {"exam_id": "exam-1", "facility_id": "fac-a", "study_instance_uid": STUDY, "storage_uri": uri}
+    for k, v in kw.items():
+        if k in body["destination"]:
+            body["destination"][k] = v
+        else:
+            body[k] = v
+    validate("job-message.v1", body)
+    return body
+
+
+@pytest.fixture
+def world(stack, tmp_path):
+    waiter = CommitmentWaiter()
+    listener = CommitmentListener(waiter, "GW_SCU", "127.0.0.1", 0).start()
+    archive = EmbeddedArchive(peers={"GW_SCU": ("127.0.0.1", listener.port)}).start()
+    sleeps: list[float] = []
+    runner = JobRunner(ObjectFetcher(FAKE_SA, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
+                       hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
+    bucket = f"studies-{stack.project}"
+
+    class W:
+        pass
+
+    w = W()
+    w.stack, w.archive, w.runner, w.sleeps, w.uri = stack, archive, runner, sleeps, f"gs://{bucket}/fg-1/{STUDY}/"
+
+    def study(count: int, **kw):
+        files = make_study(STUDY, count, **kw)
+        upload(stack.gcs, w.uri, files)
+        return files
+
+    w.study = study
+    yield w
+    archive.stop()
+    listener.stop()
+
+
+def test_archive_job_sends_the_whole_study_then_a_rerun_sends_nothing(world):
+    files = world.study(5, series=2)
+    msg = job(port=world.archive.port, uri=world.uri)
+    out = world.runner.run(msg)
+    assert out == Outcome("COMPLETED", None, {"total": 5, "sent": 5, "already_present": 0, "excluded": 0, "failed": 0})
+    assert world.archive.study(STUDY) == {f.sop_instance_uid for f in files}
+    stores = world.archive.stores
+    again = world.runner.run(msg)  # a redelivered message: the C-FIND finds everything
+    assert again.counts == {"total": 5, "sent": 0, "already_present": 5, "excluded": 0, "failed": 0}
+    assert world.archive.stores == stores
+
+
+def test_excluded_sop_classes_are_not_sent(world):
+    world.study(3)
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, excluded_sop_class_uids=[CT]))
+    assert out.state == "COMPLETED" and out.counts["excluded"] == 3 and out.counts["sent"] == 0
+    assert "excludes" in out.reason
+    assert world.archive.stores == 0
+
+
+def test_destination_transfer_syntax_is_honoured(world):
+    files = world.study(2)
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, transfer_syntax_uid=IMPLICIT))
+    assert out.state == "COMPLETED"
+    assert {world.archive.transfer_syntaxes[f.sop_instance_uid] for f in files} == {IMPLICIT}
+
+
+def test_a_compressed_file_the_destination_cannot_take_fails_without_retry(world):
+    world.study(1, source="SC_rgb_rle.dcm")  # RLE Lossless
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, transfer_syntax_uid=EXPLICIT))
+    assert out.state == "FAILED"
+    assert "does not transcode" in out.reason and "not retried" in out.reason
+    assert world.sleeps == []
+
+
+def test_wrong_called_ae_title_is_permanent_and_named(world):
+    world.study(1)
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, called="WRONG_AE"))
+    assert out.state == "FAILED"
+    assert out.reason.startswith("Association rejected by WRONG_AE@127.0.0.1")
+    assert "Called AE title not recognised" in out.reason and "reason 7" in out.reason
+    assert world.sleeps == []
+
+
+def test_archive_down_is_retried_with_the_destinations_policy(world):
+    world.study(1)
+    port = world.archive.port
+    world.archive.stop()
+    out = world.runner.run(job(port=port, uri=world.uri, max_retries=2))
+    assert out.state == "FAILED" and "Cannot connect to ARCHIVE@127.0.0.1" in out.reason and "after 3 attempts" in out.reason
+    assert world.sleeps == [3, 3]
+
+
+def test_c_store_error_status_is_reported_after_retries(world):
+    world.study(2)
+    world.archive.fail_store_with = 0xA700
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, max_retries=1))
+    assert out.state == "FAILED"
+    assert "2 of 2 instances not stored" in out.reason and "C-STORE status 0xA700 (out of resources)" in out.reason
+    assert out.counts["failed"] == 2 and world.sleeps == [3]
+
+
+def test_a_retry_sends_only_what_is_missing(world):
+    files = world.study(3)
+    calls = {"n": 0}
+    original = world.archive._on_store
+
+    def flaky(event):  # the archive refuses the second instance once
+        calls["n"] += 1
+        return 0xA700 if calls["n"] == 2 else original(event)
+
+    world.archive._server.unbind(evt.EVT_C_STORE, original)
+    world.archive._server.bind(evt.EVT_C_STORE, flaky)
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, max_retries=1))
+    assert out.state == "COMPLETED"
+    assert out.counts == {"total": 3, "sent": 3, "already_present": 0, "excluded": 0, "failed": 0}
+    assert calls["n"] == 4 and world.archive.study(STUDY) == {f.sop_instance_uid for f in files}
+
+
+def test_dicom_job_sends_exactly_the_listed_instances(world):
+    files = world.study(4)
+    listed = [f.ref() for f in files[2:]]
+    out = world.runner.run(job("DICOM", port=world.archive.port, uri=world.uri, instances=listed))
+    assert out.counts["total"] == 2 and out.counts["sent"] == 2
+    assert world.archive.study(STUDY) == {f.sop_instance_uid for f in files[2:]}
+
+
+def test_dicom_job_for_instances_not_yet_in_storage_fails_after_retries(world):
+    world.study(1)
+    missing = {"series_instance_uid": "1.2.3", "sop_class_uid": CT, "sop_instance_uid": "1.2.3.4"}
+    out = world.runner.run(job("DICOM", port=world.archive.port, uri=world.uri, instances=[missing], max_retries=1))
+    assert out.state == "FAILED" and "1 of 1 instances named by the job are not in the study's storage" in out.reason
+
+
+def test_iocm_job_stores_the_generated_note(world):
+    note = make_study(STUDY, 1, start=90)[0]
+    world.stack.gcs.bucket(world.stack.objects_bucket).blob("gateways/gw-1/iocm/note.dcm").upload_from_string(note.data)
+    out = world.runner.run(job("IOCM", port=world.archive.port, uri=world.uri,
+                               object_uri=f"gs://{world.stack.objects_bucket}/gateways/gw-1/iocm/note.dcm"))
+    assert out.state == "COMPLETED" and out.counts["sent"] == 1
+    assert world.archive.study(STUDY) == {note.sop_instance_uid}
+
+
+def test_storage_commitment_completes_only_when_everything_is_committed(world):
+    files = world.study(3)
+    ok = world.runner.run(job(port=world.archive.port, uri=world.uri, storage_commitment=True))
+    assert ok.state == "COMPLETED"
+    world.archive.commit_refuse = {files[0].sop_instance_uid}
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, storage_commitment=True, max_retries=0))
+    assert out.state == "FAILED"
+    assert "did not commit to 1 of 3 instances (Storage Commitment failure reason 0x0112)" in out.reason
+
+
+class _Mllp:
+    """A one-shot HL7 listener answering with ``ack`` (MSA-1)."""
+
+    def __init__(self, code: str):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port, self.received = self.sock.getsockname()[1], []
+        threading.Thread(target=self._serve, args=(code,), daemon=True).start()
+
+    def _serve(self, code: str) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            data = b""
+            while b"\x1c\r" not in data:
+                data += conn.recv(65536)
+            self.received.append(data)
+            conn.sendall(b"\x0bMSH|^~\\&|VNA|X|ARCHSYNC|Y|20261124||ACK^A08|R1|P|2.5.1\rMSA|" + code.encode()
+                         + b"|CTRL-1|" + (b"unknown patient" if code != "AA" else b"") + b"\r\x1c\r")
+
+
+@pytest.mark.parametrize("code,state", [("AA", "COMPLETED"), ("AE", "FAILED")])
+def test_adt_job_is_sent_over_mllp_and_its_ack_checked(world, code, state):
+    peer = _Mllp(code)
+    message = "MSH|^~\\&|ARCHSYNC|X|VNA|Y|20261124||ADT^A08^ADT_A01|CTRL-1|P|2.5.1\rPID|1||MRN-1"
+    out = world.runner.run(job("ADT", port=world.archive.port, max_retries=0,
+                               hl7={"host": "127.0.0.1", "port": peer.port, "message": message, "control_id": "CTRL-1"}))
+    assert out.state == state
+    assert peer.received[0].startswith(b"\x0bMSH|") and peer.received[0].endswith(b"\x1c\r")
+    if code == "AE":
+        assert out.reason.startswith("HL7 AE from the archive: unknown patient")
+
+
+# -- when the Pub/Sub message is acked --------------------------------------------------------
+
+class _Reporter:
+    def __init__(self, fail_on=None, error=None):
+        self.posted, self.fail_on, self.error = [], fail_on, error
+
+    def post(self, job, state, reason=None, counts=None):
+        if state == self.fail_on:
+            raise self.error
+        self.posted.append(state)
+        return "applied"
+
+
+class _Runner:
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, job):
+        self.runs += 1
+        return Outcome("COMPLETED", None, {"total": 1, "sent": 1})
+
+
+def _agent():
+    return Agent(parse({"job_deliveries": [{"name": "gw", "project_id": "p", "subscription_id": "s",
+                                            "result_endpoint_url": "https://x/r", "result_endpoint_secure_key": "k",
+                                            "service_account_json": FAKE_SA, "active": True}]}))
+
+
+def test_ack_only_after_the_final_result_is_accepted():
+    agent, runner, reporter = _agent(), _Runner(), _Reporter()
+    data = json.dumps(job(port=1)).encode()
+    d = agent.cfg.deliveries[0]
+    assert agent.handle(d, runner, reporter, data) == "ack"
+    assert reporter.posted == ["IN_PROGRESS", "COMPLETED"]
+    assert agent.handle(d, runner, reporter, data) == "ack" and runner.runs == 1  # redelivery: not redone
+
+
+@pytest.mark.parametrize("fail_on", ["IN_PROGRESS", "COMPLETED"])
+def test_an_unreachable_result_endpoint_leaves_the_message_for_redelivery(fail_on):
+    agent, runner = _agent(), _Runner()
+    reporter = _Reporter(fail_on, ResultNotDelivered("down"))
+    d = agent.cfg.deliveries[0]
+    assert agent.handle(d, runner, reporter, json.dumps(job(port=1)).encode()) == "nack"
+    assert agent.handle(d, runner, _Reporter(), json.dumps(job(port=1)).encode()) == "ack"  # redelivered later
+
+
+def test_a_result_refused_for_good_acks_and_malformed_or_expired_messages_are_settled():
+    agent, runner = _agent(), _Runner()
+    d = agent.cfg.deliveries[0]
+    assert agent.handle(d, runner, _Reporter("IN_PROGRESS", ResultRefused("404")), json.dumps(job(port=1)).encode()) == "ack"
+    assert runner.runs == 0
+    assert agent.handle(d, runner, _Reporter(), b"not json") == "nack"  # to the gateway dead-letter topic
+    expired = job(port=1, job_id="archive-" + "b" * 32,
+                  result_deadline=(datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat())
+    reporter = _Reporter()
+    assert agent.handle(d, runner, reporter, json.dumps(expired).encode()) == "ack" and reporter.posted == []
