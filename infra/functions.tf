@@ -10,25 +10,37 @@ locals {
     "roles/pubsub.admin",               # gateway topics, subscriptions and subscription IAM policies
   ]
 
+  # Network ingress of each function (see ingress_settings in the function resource below):
+  # - internal: invoked only by Pub/Sub push subscriptions or Cloud Scheduler of this project.
+  #   Cloud Run counts requests from Pub/Sub and Cloud Scheduler in the same project (or VPC
+  #   Service Controls perimeter) as internal, on the run.app URL that the push subscriptions and
+  #   the scheduler job use, so nothing else can reach these functions at the network level.
+  # - public: called from outside Google Cloud or from another project (gateways, the platform's
+  #   UI and API); each is still authenticated: see the CKV_GCP_124 suppression below.
+  ingress_internal = "ALLOW_INTERNAL_ONLY"
+  ingress_public   = "ALLOW_ALL"
+
   # One entry per directory functions/<name>/; <name> is also the entry point.
   # provisions_gateways: creates or removes gateway resources (Pub/Sub, service accounts, keys,
   # bucket IAM): gets local.gateway_provisioning_project_roles and the bucket grants in iam.tf.
   functions = {
     on_exam_status_changed = {
-      description     = "Exam status events from the platform (Pub/Sub push) -> archive jobs."
-      account_id      = "archsync-exam-status"
-      timeout_seconds = 60
-      max_instances   = var.max_instance_count
+      ingress_settings = local.ingress_internal
+      description      = "Exam status events from the platform (Pub/Sub push) -> archive jobs."
+      account_id       = "archsync-exam-status"
+      timeout_seconds  = 60
+      max_instances    = var.max_instance_count
       # pubsub.publisher: job messages to gateway topics and malformed events to the dead-letter
       # topic (see iam.tf for why this is project-wide).
       project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
       provisions_gateways = false
     }
     on_study_changed = {
-      description     = "Study change events from the platform (Pub/Sub push) -> follow-up and IOCM jobs."
-      account_id      = "archsync-study-changed"
-      timeout_seconds = 60
-      max_instances   = var.max_instance_count
+      ingress_settings = local.ingress_internal
+      description      = "Study change events from the platform (Pub/Sub push) -> follow-up and IOCM jobs."
+      account_id       = "archsync-study-changed"
+      timeout_seconds  = 60
+      max_instances    = var.max_instance_count
       # pubsub.publisher: as on_exam_status_changed (job messages to gateway topics, malformed
       # events to the dead-letter topic; project-wide, see iam.tf). Also writes IOCM rejection
       # notes to the generated-objects bucket (bucket grant in iam.tf).
@@ -36,28 +48,33 @@ locals {
       provisions_gateways = false
     }
     on_patient_updated = {
-      description     = "Patient update events from the platform (Pub/Sub push) -> HL7 ADT jobs."
-      account_id      = "archsync-patient-updated"
-      timeout_seconds = 60
-      max_instances   = var.max_instance_count
+      ingress_settings = local.ingress_internal
+      description      = "Patient update events from the platform (Pub/Sub push) -> HL7 ADT jobs."
+      account_id       = "archsync-patient-updated"
+      timeout_seconds  = 60
+      max_instances    = var.max_instance_count
       # pubsub.publisher: as on_exam_status_changed (ADT job messages to gateway topics, malformed
       # events to the dead-letter topic; project-wide, see iam.tf).
       project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
       provisions_gateways = false
     }
     on_job_result = {
-      description     = "Result Endpoint: gateways POST HMAC-signed job results."
-      account_id      = "archsync-job-result"
-      timeout_seconds = 60
-      max_instances   = var.max_instance_count
-      # Also reads Result Endpoint keys from the key bucket (conditional grant in iam.tf).
-      project_roles       = ["roles/datastore.user"]
+      ingress_settings = local.ingress_public
+      description      = "Result Endpoint: gateways POST HMAC-signed job results."
+      account_id       = "archsync-job-result"
+      timeout_seconds  = 60
+      max_instances    = var.max_instance_count
+      # pubsub.publisher: a final result releases the job's follow-ups (deferred instances,
+      # dependent jobs: shared/services/followups.py), published to gateway topics (project-wide,
+      # see iam.tf). Also reads Result Endpoint keys from the key bucket (conditional grant in iam.tf).
+      project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
       provisions_gateways = false
     }
     sweep_jobs = {
-      description     = "Times out overdue jobs, republishes unpublished ones and finishes abandoned gateway provisioning (Cloud Scheduler)."
-      account_id      = "archsync-sweep-jobs"
-      timeout_seconds = 300
+      ingress_settings = local.ingress_internal
+      description      = "Times out overdue jobs, republishes unpublished ones and finishes abandoned gateway provisioning (Cloud Scheduler)."
+      account_id       = "archsync-sweep-jobs"
+      timeout_seconds  = 300
       # One sweep at a time is enough; concurrent sweeps would be safe (conditional writes) but
       # only duplicate the work.
       max_instances = 1
@@ -67,6 +84,7 @@ locals {
       provisions_gateways = true
     }
     lock_status = {
+      ingress_settings    = local.ingress_public
       description         = "Exam lock status for the platform (IAM-authenticated)."
       account_id          = "archsync-lock-status"
       timeout_seconds     = 60
@@ -75,12 +93,15 @@ locals {
       provisions_gateways = false
     }
     admin_api = {
-      description = "Admin API of the platform's UI (gateways, destinations, keys); end-user JWT auth."
-      account_id  = "archsync-admin-api"
+      ingress_settings = local.ingress_public
+      description      = "Admin API of the platform's UI (gateways, destinations, keys); end-user JWT auth."
+      account_id       = "archsync-admin-api"
       # Provisioning a gateway is ~10 sequential IAM/Pub/Sub/Storage calls; must stay below
       # var.provisioning_lease_seconds (checked by the precondition below).
-      timeout_seconds     = 120
-      max_instances       = var.max_instance_count
+      timeout_seconds = 120
+      max_instances   = var.max_instance_count
+      # Retrying a failed job publishes its message to the gateway topic: covered by the
+      # roles/pubsub.admin it holds as a provisioner.
       project_roles       = ["roles/datastore.user"]
       provisions_gateways = true
     }
@@ -91,7 +112,7 @@ locals {
   function_env = {
     ARCHSYNC_PROJECT_ID                 = var.project_id
     ARCHSYNC_FIRESTORE_DATABASE         = google_firestore_database.default.name
-    ARCHSYNC_DEAD_LETTER_TOPIC          = google_pubsub_topic.dead_letter.name
+    ARCHSYNC_DEAD_LETTER_TOPIC          = google_pubsub_topic.dead_letter["inbound"].name
     ARCHSYNC_DISPATCH_GRACE_SECONDS     = tostring(var.dispatch_grace_seconds)
     ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS  = tostring(var.attempt_allowance_seconds)
     ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS = tostring(var.signature_max_skew_seconds)
@@ -99,7 +120,7 @@ locals {
     ARCHSYNC_SWEEP_BATCH_SIZE           = tostring(var.sweep_batch_size)
     ARCHSYNC_KEY_BUCKET                 = google_storage_bucket.keys.name
     ARCHSYNC_OBJECTS_BUCKET             = google_storage_bucket.generated.name
-    ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC  = google_pubsub_topic.gateway_dead_letter.name
+    ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC  = google_pubsub_topic.dead_letter["gateway"].name
     ARCHSYNC_PUBSUB_SERVICE_AGENT       = local.pubsub_service_agent_email
     ARCHSYNC_PROVISIONING_LEASE_SECONDS = tostring(var.provisioning_lease_seconds)
     ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS      = var.admin_jwt_public_keys_pem
@@ -149,6 +170,17 @@ resource "google_cloudfunctions2_function" "function" {
     }
   }
 
+  # Public by design for on_job_result, admin_api and lock_status only (local.ingress_public):
+  #   on_job_result: gateways on hospital networks POST results; each request is authenticated by
+  #     the gateway's HMAC signature (shared/signing.py) before anything else is read.
+  #   admin_api: the platform's UI calls on behalf of end users; every request carries the user's
+  #     JWT, verified in the function (shared/auth.py) before routing.
+  #   lock_status: the platform calls from its own project; Cloud Run admits only the IAM members
+  #     of var.platform_invoker_members (run.invoker in iam.tf), no anonymous caller.
+  # The four functions fed by Pub/Sub push or Cloud Scheduler are ALLOW_INTERNAL_ONLY, which
+  # checkov passes: the skip below covers every instance of this for_each resource, so
+  # tests/unit/test_infra.py asserts each function's ingress instead.
+  # checkov:skip=CKV_GCP_124: Only on_job_result (HMAC-signed gateway callbacks), admin_api (end-user JWT) and lock_status (IAM invoker) allow all ingress, each authenticated; the others are internal-only (asserted by tests/unit/test_infra.py).
   service_config {
     service_account_email          = google_service_account.function[each.key].email
     available_memory               = "256Mi"
@@ -158,11 +190,9 @@ resource "google_cloudfunctions2_function" "function" {
     all_traffic_on_latest_revision = true
     environment_variables          = local.function_env
 
-    # ALLOW_ALL: gateways and the platform call from outside the project, and Pub/Sub push and
-    # Cloud Scheduler are not guaranteed to count as internal traffic (that depends on the
-    # project and VPC Service Controls setup). Who may call is controlled by the run.invoker
-    # grants in iam.tf.
-    ingress_settings = "ALLOW_ALL"
+    # Network-level restriction (local.functions[*].ingress_settings); who may call is controlled
+    # by the run.invoker grants in iam.tf in every case.
+    ingress_settings = each.value.ingress_settings
   }
 
   lifecycle {
@@ -185,6 +215,7 @@ resource "google_cloudfunctions2_function" "function" {
     google_storage_bucket_iam_member.key_bucket_result_key_reader,
     google_storage_bucket_iam_member.objects_bucket_iam_admin,
     google_storage_bucket_iam_member.objects_bucket_iocm_writer,
+    google_storage_bucket_iam_member.study_bucket_iam_admin,
   ]
 }
 
@@ -192,10 +223,12 @@ resource "google_cloudfunctions2_function" "function" {
 # so the build service account can be granted write access to this repository only and old
 # images get cleaned up.
 resource "google_artifact_registry_repository" "functions" {
+  # checkov:skip=CKV_GCP_84: CMEK is opt-in through var.kms_key_name (null keeps Google-managed encryption at rest); the images hold only application code and its dependencies, no patient or key data.
   location      = var.region
   repository_id = "archsync-functions"
   description   = "Container images of the Archive Synchronization Cloud Functions."
   format        = "DOCKER"
+  kms_key_name  = var.kms_key_name
 
   cleanup_policies {
     id     = "keep-recent"
@@ -212,5 +245,5 @@ resource "google_artifact_registry_repository" "functions" {
     }
   }
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.cmek]
 }

@@ -1,7 +1,8 @@
 # Service accounts and IAM: one runtime identity per function with only the roles it uses (on the
-# project, the key bucket and the generated-objects bucket), the identities that invoke functions
-# (Pub/Sub push, Cloud Scheduler), the build identity, who may invoke each function, and the
-# grants Pub/Sub's service agent needs.
+# project, the key bucket, the generated-objects bucket and the study bucket), the identities that
+# invoke functions (Pub/Sub push, Cloud Scheduler), the build identity, who may invoke each
+# function, and the grants Pub/Sub's service agent needs. (The service agents' use of the optional
+# customer-managed key is in cmek.tf, the Cloud Storage audit-log config in storage.tf.)
 
 # --- Runtime identities of the functions --------------------------------------------------------
 
@@ -25,9 +26,9 @@ locals {
 # local.gateway_provisioning_project_roles for the gateway provisioners:
 # - roles/datastore.user (all): read/write Firestore documents.
 # - roles/pubsub.publisher (on_exam_status_changed, on_study_changed, on_patient_updated,
-#   sweep_jobs): job messages go to per-gateway topics that are created at runtime, outside this
-#   configuration, so there is no topic to grant on here; the same grant covers the dead-letter
-#   topic.
+#   on_job_result, sweep_jobs): job messages go to per-gateway topics that are created at
+#   runtime, outside this configuration, so there is no topic to grant on here; the same grant
+#   covers the dead-letter topic.
 # - roles/iam.serviceAccountAdmin, roles/iam.serviceAccountKeyAdmin (provisioners): each gateway
 #   gets a service account archsync-gw-<hex> and a JSON key, created and deleted at runtime.
 #   Creating a service account is a project permission, and the accounts do not exist when this
@@ -81,7 +82,7 @@ resource "google_storage_bucket_iam_member" "key_bucket_result_key_reader" {
 resource "google_project_iam_custom_role" "bucket_iam_admin" {
   role_id     = "archsyncBucketIamAdmin"
   title       = "archsync bucket IAM admin"
-  description = "Get and set the IAM policy of a bucket (granted on the generated-objects bucket only)."
+  description = "Get and set the IAM policy of a bucket (granted on the generated-objects and study buckets only)."
   permissions = [
     "storage.buckets.get",
     "storage.buckets.getIamPolicy",
@@ -98,6 +99,21 @@ resource "google_storage_bucket_iam_member" "objects_bucket_iam_admin" {
 
   bucket = google_storage_bucket.generated.name
   role   = google_project_iam_custom_role.bucket_iam_admin.id
+  member = google_service_account.function[each.key].member
+}
+
+# Each gateway's service account will read the study files it sends from the platform's study
+# bucket (var.study_bucket, the bucket of the exam events' study_storage_uri): the provisioners add
+# and remove that binding at runtime, as on the generated-objects bucket, so they get the same
+# custom role, bound on that bucket only. A project-level custom role can be granted only on
+# resources of its own project: for a study bucket in the platform's project,
+# var.study_bucket_iam_role names an equivalent role defined there (docs/deployment.md).
+# Non-authoritative, like every grant on a bucket whose policy the provisioners edit.
+resource "google_storage_bucket_iam_member" "study_bucket_iam_admin" {
+  for_each = local.gateway_provisioners
+
+  bucket = var.study_bucket
+  role   = coalesce(var.study_bucket_iam_role, google_project_iam_custom_role.bucket_iam_admin.id)
   member = google_service_account.function[each.key].member
 }
 
@@ -161,8 +177,12 @@ resource "google_cloud_run_v2_service_iam_member" "invoker" {
 # authenticated by the function itself with the gateway's HMAC signature (shared/signing.py:
 # per-gateway key, timestamp within ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS), checked before the body
 # is parsed or anything is read besides the gateway's key.
+#
+# No checkov suppression here or on admin_api_invoker: CKV_GCP_102 (public Cloud Run service)
+# covers only the v1 google_cloud_run_service_iam_* resources, so checkov runs no check on these
+# v2 grants and a skip comment would suppress nothing (tests/unit/test_checkov.py requires every
+# skip to take effect).
 resource "google_cloud_run_v2_service_iam_member" "result_endpoint_public" {
-  # checkov:skip=CKV_GCP_102:Public by design; requests are authenticated by HMAC signature in the function.
   project  = var.project_id
   location = var.region
   name     = google_cloudfunctions2_function.function["on_job_result"].service_config[0].service
@@ -175,9 +195,8 @@ resource "google_cloud_run_v2_service_iam_member" "result_endpoint_public" {
 # verifies itself (shared/auth.py: signature against ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS, expiry,
 # issuer, audience) before anything else; the token's facility groups bound what the caller sees.
 # Public by default; behind an API gateway, var.admin_invoker_members names the gateway's
-# service account instead. A separate resource so the checkov skip covers this grant only.
+# service account instead.
 resource "google_cloud_run_v2_service_iam_member" "admin_api_invoker" {
-  # checkov:skip=CKV_GCP_102:Public by default by design; requests are authenticated by the end user's JWT in the function.
   for_each = toset(var.admin_invoker_members)
 
   project  = var.project_id
@@ -190,20 +209,25 @@ resource "google_cloud_run_v2_service_iam_member" "admin_api_invoker" {
 # --- Pub/Sub ------------------------------------------------------------------------------------
 
 # Dead-lettering: Pub/Sub's service agent republishes undeliverable messages to the dead-letter
-# topic and must be able to ack them on the source subscription.
+# topics (local.dead_letter) and must be able to ack them on the source subscription: below for
+# the inbound push subscriptions; on each gateway subscription the provisioning code adds the
+# agent's subscriber binding at runtime (ARCHSYNC_PUBSUB_SERVICE_AGENT).
 resource "google_pubsub_topic_iam_member" "dead_letter_pubsub_agent" {
-  topic  = google_pubsub_topic.dead_letter.id
+  for_each = local.dead_letter
+
+  topic  = google_pubsub_topic.dead_letter[each.key].id
   role   = "roles/pubsub.publisher"
   member = local.pubsub_service_agent
 }
 
-# The same for the gateway job subscriptions: the agent publishes what no gateway acked to the
-# gateway dead-letter topic. Its subscriber binding on each gateway subscription is added at
-# runtime by the provisioning code (ARCHSYNC_PUBSUB_SERVICE_AGENT).
-resource "google_pubsub_topic_iam_member" "gateway_dead_letter_pubsub_agent" {
-  topic  = google_pubsub_topic.gateway_dead_letter.id
-  role   = "roles/pubsub.publisher"
-  member = local.pubsub_service_agent
+moved {
+  from = google_pubsub_topic_iam_member.dead_letter_pubsub_agent
+  to   = google_pubsub_topic_iam_member.dead_letter_pubsub_agent["inbound"]
+}
+
+moved {
+  from = google_pubsub_topic_iam_member.gateway_dead_letter_pubsub_agent
+  to   = google_pubsub_topic_iam_member.dead_letter_pubsub_agent["gateway"]
 }
 
 # Acking dead-lettered messages on each inbound push subscription.

@@ -48,12 +48,12 @@ output "patient_updated_topic" {
 
 output "dead_letter_topic" {
   description = "Dead-letter topic (ARCHSYNC_DEAD_LETTER_TOPIC)."
-  value       = google_pubsub_topic.dead_letter.name
+  value       = google_pubsub_topic.dead_letter["inbound"].name
 }
 
 output "dead_letter_audit_subscription" {
   description = "Pull subscription operators read parked messages from."
-  value       = google_pubsub_subscription.dead_letter_audit.name
+  value       = google_pubsub_subscription.dead_letter_audit["inbound"].name
 }
 
 output "exam_status_push_subscription" {
@@ -73,12 +73,12 @@ output "patient_updated_push_subscription" {
 
 output "gateway_dead_letter_topic" {
   description = "Dead-letter topic of the gateway job subscriptions (ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC)."
-  value       = google_pubsub_topic.gateway_dead_letter.name
+  value       = google_pubsub_topic.dead_letter["gateway"].name
 }
 
 output "gateway_dead_letter_audit_subscription" {
   description = "Pull subscription operators read dead-lettered gateway job messages from."
-  value       = google_pubsub_subscription.gateway_dead_letter_audit.name
+  value       = google_pubsub_subscription.dead_letter_audit["gateway"].name
 }
 
 output "functions_source_bucket" {

@@ -1,6 +1,6 @@
 # Pub/Sub: the inbound platform topics (local.inbound) with their push subscriptions to the
-# functions that handle them, the dead-letter topic with a pull subscription for operators, and
-# the dead-letter topic of the gateway job subscriptions with its own pull subscription.
+# functions that handle them, and the two dead-letter topics (local.dead_letter), each with a pull
+# subscription for operators.
 #
 # Gateway job topics and subscriptions are not declared here: admin_api creates them per gateway
 # at runtime (gateway-pubsub-<id>, gateway-pubsub-<id>-sub; shared/domain/provisioning.py).
@@ -26,22 +26,34 @@ locals {
     }
   }
 
-  # Must equal Settings.dead_letter_topic in shared/settings.py (also passed explicitly to the
-  # functions as ARCHSYNC_DEAD_LETTER_TOPIC).
-  dead_letter_topic = "archsync-dead-letter"
-  # Must equal Settings.gateway_dead_letter_topic (also passed as ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC).
-  gateway_dead_letter_topic = "archsync-gateway-dead-letter"
-  seven_days                = "604800s"
+  # Dead-letter topics, each with a pull subscription "<topic>-audit" operators read (and ack)
+  # parked messages from, and a publisher grant for Pub/Sub's service agent (iam.tf). Keys are part
+  # of resource addresses: never rename one.
+  # - inbound: messages the inbound functions reject as malformed (they publish them themselves,
+  #   with a `reason` attribute) and those Pub/Sub gives up on after max_delivery_attempts on an
+  #   inbound push subscription. Must equal Settings.dead_letter_topic in shared/settings.py (also
+  #   passed explicitly as ARCHSYNC_DEAD_LETTER_TOPIC).
+  # - gateway: job messages no gateway acked within max_delivery_attempts; the dead-letter policy
+  #   of every gateway subscription the provisioning code creates points here. The sweep times the
+  #   jobs out either way. Must equal Settings.gateway_dead_letter_topic (also passed as
+  #   ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC).
+  dead_letter = {
+    inbound = "archsync-dead-letter"
+    gateway = "archsync-gateway-dead-letter"
+  }
+  seven_days = "604800s"
 }
 
 # The platform publishes its events here (exam status, study changes, patient updates).
 resource "google_pubsub_topic" "inbound" {
+  # checkov:skip=CKV_GCP_83: CMEK is opt-in through var.kms_key_name; null keeps Google-managed encryption at rest, enough unless a key-custody policy requires customer-managed keys.
   for_each = local.inbound
 
   name                       = each.value.topic
   message_retention_duration = local.seven_days # lets operators seek a subscription back to replay
+  kms_key_name               = var.kms_key_name
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.cmek]
 }
 
 moved {
@@ -49,49 +61,50 @@ moved {
   to   = google_pubsub_topic.inbound["exam_status"]
 }
 
-# Parked messages: those the inbound functions (on_exam_status_changed, on_study_changed, ...)
-# reject as malformed (they publish them themselves, with a `reason` attribute) and those Pub/Sub
-# gives up on after max_delivery_attempts on an inbound push subscription.
+# The dead-letter topics of local.dead_letter and their operators' pull subscriptions.
 resource "google_pubsub_topic" "dead_letter" {
-  name = local.dead_letter_topic
+  # checkov:skip=CKV_GCP_83: CMEK is opt-in through var.kms_key_name; null keeps Google-managed encryption at rest (as for the inbound topics).
+  for_each = local.dead_letter
 
-  depends_on = [google_project_service.enabled]
+  name         = each.value
+  kms_key_name = var.kms_key_name
+
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.cmek]
 }
 
-# Operators pull (and ack) parked messages from here.
 resource "google_pubsub_subscription" "dead_letter_audit" {
-  name                       = "archsync-dead-letter-audit"
-  topic                      = google_pubsub_topic.dead_letter.id
+  for_each = local.dead_letter
+
+  name                       = "${each.value}-audit" # archsync-dead-letter-audit, archsync-gateway-dead-letter-audit
+  topic                      = google_pubsub_topic.dead_letter[each.key].id
   ack_deadline_seconds       = 60
   message_retention_duration = local.seven_days
 
-  # An unused subscription expires after 31 days by default; this one is read only when
-  # something goes wrong, so it must never expire.
+  # An unused subscription expires after 31 days by default; these are read only when something
+  # goes wrong, so they must never expire (without a subscription, parked messages are dropped).
   expiration_policy {
     ttl = ""
   }
 }
 
-# Job messages no gateway acked within max_delivery_attempts: the dead-letter policy of every
-# gateway subscription the provisioning code creates points here.
-resource "google_pubsub_topic" "gateway_dead_letter" {
-  name = local.gateway_dead_letter_topic
-
-  depends_on = [google_project_service.enabled]
+moved {
+  from = google_pubsub_topic.dead_letter
+  to   = google_pubsub_topic.dead_letter["inbound"]
 }
 
-# Operators pull (and ack) dead-lettered gateway jobs from here; the sweep times the jobs out
-# either way. Without a subscription the dead-lettered messages would be dropped unseen.
-resource "google_pubsub_subscription" "gateway_dead_letter_audit" {
-  name                       = "archsync-gateway-dead-letter-audit"
-  topic                      = google_pubsub_topic.gateway_dead_letter.id
-  ack_deadline_seconds       = 60
-  message_retention_duration = local.seven_days
+moved {
+  from = google_pubsub_topic.gateway_dead_letter
+  to   = google_pubsub_topic.dead_letter["gateway"]
+}
 
-  # Never expires (see dead_letter_audit).
-  expiration_policy {
-    ttl = ""
-  }
+moved {
+  from = google_pubsub_subscription.dead_letter_audit
+  to   = google_pubsub_subscription.dead_letter_audit["inbound"]
+}
+
+moved {
+  from = google_pubsub_subscription.gateway_dead_letter_audit
+  to   = google_pubsub_subscription.dead_letter_audit["gateway"]
 }
 
 # One push subscription per inbound topic. Explicit subscriptions rather than an event_trigger
@@ -125,7 +138,7 @@ resource "google_pubsub_subscription" "exam_status_to_function" {
   }
 
   dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    dead_letter_topic     = google_pubsub_topic.dead_letter["inbound"].id
     max_delivery_attempts = 10
   }
 

@@ -163,3 +163,35 @@ variable "admin_jwt_issuer" {
     error_message = "admin_jwt_issuer must not be empty."
   }
 }
+
+variable "study_bucket" {
+  description = "Name (without gs://) of the platform's study files bucket: the bucket of the exam events' study_storage_uri, which the gateways read the studies they send from. The gateway provisioners (admin_api, sweep_jobs) may get and set its IAM policy (role var.study_bucket_iam_role), to grant and revoke each gateway service account's read access."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$", var.study_bucket))
+    error_message = "study_bucket must be a bucket name (lowercase letters, digits, '.', '_', '-'), without gs://."
+  }
+}
+
+variable "study_bucket_iam_role" {
+  description = "Role granted to the gateway provisioners on var.study_bucket. null: this project's custom role archsyncBucketIamAdmin (storage.buckets.get, getIamPolicy, setIamPolicy), which can be granted only if the study bucket is in this project. For a bucket in another project, a custom role with the same permissions defined there or in the organization: projects/<project>/roles/<id> or organizations/<org>/roles/<id>."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.study_bucket_iam_role == null || can(regex("^(projects|organizations)/[^/]+/roles/[A-Za-z0-9_.]+$", var.study_bucket_iam_role))
+    error_message = "study_bucket_iam_role must be null or a custom role id: projects/<project>/roles/<id> or organizations/<org>/roles/<id>."
+  }
+}
+
+variable "kms_key_name" {
+  description = "Optional Cloud KMS key for customer-managed encryption (CMEK) of the Pub/Sub topics, the Artifact Registry repository and the buckets declared here: projects/<project>/locations/<var.region>/keyRings/<ring>/cryptoKeys/<key>. The Pub/Sub, Artifact Registry and Cloud Storage service agents get encrypter/decrypter on it. null keeps Google-managed encryption. Changing it replaces the Artifact Registry repository."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.kms_key_name == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key_name))
+    error_message = "kms_key_name must be null or projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key>."
+  }
+}

@@ -26,4 +26,14 @@ expect 401 "$admin_url/v1/facility-groups/smoke/gateways"
 got=$(curl -s -o /dev/null -w '%{http_code}' "$lock_url/v1/facility-groups/smoke-test/exams/smoke-test/lock")
 [ "$got" = "403" ] || [ "$got" = "401" ] || { echo "FAIL: lock status answered $got to an anonymous caller"; exit 1; }
 echo "ok: $got anonymous lock status"
+# The functions fed by Pub/Sub push or Cloud Scheduler have internal-only ingress: a caller outside
+# the project (this build) is refused by the ingress setting (404) or IAM (401/403), never served.
+for fn in on_exam_status_changed on_study_changed on_patient_updated sweep_jobs; do
+  fn_url=$(python3 -c "import json; print(json.load(open('$outputs'))['function_urls']['value']['$fn'])")
+  got=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' -d '{}' "$fn_url")
+  case "$got" in
+    401|403|404) echo "ok: $got outside call to $fn" ;;
+    *) echo "FAIL: $fn answered $got to a caller outside the project"; exit 1 ;;
+  esac
+done
 echo "smoke test passed"

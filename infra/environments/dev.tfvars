@@ -14,6 +14,13 @@ platform_publisher_members = [
 
 max_instance_count = 3
 
+# The platform's study files bucket (gs://<bucket>/... in the exam events' study_storage_uri).
+# Placeholder: set the real bucket.
+study_bucket = "platform-dev-studies"
+
+# Customer-managed encryption key (optional; null = Google-managed encryption):
+# kms_key_name = "projects/<kms-project>/locations/europe-west1/keyRings/archsync/cryptoKeys/archsync-dev"
+
 # Admin API (admin_api). JWTs from the platform's identity provider, verified in the function.
 # Placeholders: set the IdP's real public key(s), audience and issuer.
 admin_jwt_public_keys_pem = <<-EOT

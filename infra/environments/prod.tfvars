@@ -14,6 +14,13 @@ platform_publisher_members = [
 
 max_instance_count = 20
 
+# The platform's study files bucket (gs://<bucket>/... in the exam events' study_storage_uri).
+# Placeholder: set the real bucket.
+study_bucket = "platform-prod-studies"
+
+# Customer-managed encryption key (optional; null = Google-managed encryption):
+# kms_key_name = "projects/<kms-project>/locations/europe-west1/keyRings/archsync/cryptoKeys/archsync-prod"
+
 dispatch_grace_seconds     = 1800
 attempt_allowance_seconds  = 900
 signature_max_skew_seconds = 300
