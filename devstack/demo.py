@@ -1,8 +1,11 @@
-"""The main job, locally: emulators + functions under functions-framework, a seeded facility group,
-a replayed stream of exam status events delivered by a real Pub/Sub push subscription, simulated
-gateways posting signed results, the sweeper, and a report of what happened.
+"""The main job, locally: emulators + functions under functions-framework, a facility group set up
+through the admin API, a replayed stream of exam status events delivered by a real Pub/Sub push
+subscription, the reference gateway agent (gateway_agent) linked with the seed-000 Job Delivery
+fields and doing real DICOM into embedded pynetdicom archives (or Orthanc), the sweeper, and a
+report of what happened.
 
     python -m devstack.demo            (what ./run demo does)
+    python -m devstack.demo --orthanc  (the archives are Orthanc instances)
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def _http_json(method: str, url: str, body: Optional[dict] = None, token: str = 
         return e.code, json.loads(e.read() or b"{}")
 
 
-def _configure(store, admin: str, token: str, say) -> dict[str, dict]:
+def _configure(store, admin: str, token: str, archives: dict, say) -> dict[str, dict]:
     """Seed 000 Steps 1-2 through the admin API: gateways (provisioned for real against the local
     stand-ins) and destinations. The facility group and its facilities are platform data."""
     from shared.domain.models import Facility, FacilityGroup
@@ -77,32 +80,40 @@ def _configure(store, admin: str, token: str, say) -> dict[str, dict]:
                       ("east", {"name": "East clinic gateway", "facility_ids": ["fac-east"]})):
         status, gw = _http_json("POST", f"{base}/gateways", body, token)
         assert status == 201, gw
-        status, result_key = _http_json("GET", f"{base}/gateways/{gw['id']}/result-endpoint-key", token=token)
-        gateways[key] = {**gw, "result_key": result_key}
+        # Seed 000 Step 3 "Gather Required Information": both keys come from the admin API.
+        _, result_key = _http_json("GET", f"{base}/gateways/{gw['id']}/result-endpoint-key", token=token)
+        _, sa_key = _http_json("GET", f"{base}/gateways/{gw['id']}/service-account-key", token=token)
+        gateways[key] = {**gw, "result_key": result_key, "sa_key": sa_key}
         say(f"  gateway {gw['name']!r}: subscription {gw['pubsub_subscription_id']}, service account {gw['service_account_email']}")
-    common = {"type": "DICOM_SCP", "port": 11112, "calling_ae_title": "GW_SCU"}
-    for body in (
-        {"name": "Enterprise VNA", "host": "10.20.0.31", "called_ae_title": "VNA_ENT", "gateway_id": gateways["main"]["id"],
-         "auto_archive": True, "trigger_status": "COMPLETED", "support_iocm": True, "max_retries": 2, "retry_timeout_seconds": 1},
-        {"name": "Legacy PACS archive", "host": "10.20.0.40", "called_ae_title": "LEGACY_AR", "gateway_id": gateways["main"]["id"],
-         "facility_ids": ["fac-main"], "auto_archive": True, "trigger_status": "PENDING", "max_retries": 1, "retry_timeout_seconds": 1},
-        {"name": "East clinic archive", "host": "192.168.5.10", "called_ae_title": "EAST_AR", "gateway_id": gateways["east"]["id"],
-         "auto_archive": True, "trigger_status": "INFLIGHT", "max_retries": 0, "retry_timeout_seconds": 1},
-        {"name": "Retired VNA (inactive)", "host": "10.20.0.99", "called_ae_title": "OLD_VNA", "gateway_id": gateways["main"]["id"],
-         "auto_archive": True, "trigger_status": "COMPLETED", "active": False},
-        {"name": "Research archive (manual only)", "host": "10.30.0.5", "called_ae_title": "RESEARCH",
-         "gateway_id": gateways["main"]["id"]},
+    common = {"type": "DICOM_SCP", "host": "127.0.0.1", "calling_ae_title": "GW_SCU"}
+    destinations = {}
+    for key, body in (
+        ("vna", {"name": "Enterprise VNA", "called_ae_title": "VNA_ENT", "gateway_id": gateways["main"]["id"],
+                 "auto_archive": True, "trigger_status": "COMPLETED", "support_iocm": True, "storage_commitment": True,
+                 "max_retries": 2, "retry_timeout_seconds": 1}),
+        # A typo in the called AE title: the archive rejects every association (fixed later on).
+        ("legacy", {"name": "Legacy PACS archive", "called_ae_title": "LEGACY_ARC", "gateway_id": gateways["main"]["id"],
+                    "facility_ids": ["fac-main"], "auto_archive": True, "trigger_status": "PENDING", "max_retries": 1,
+                    "retry_timeout_seconds": 1}),
+        ("east", {"name": "East clinic archive", "called_ae_title": "EAST_AR", "gateway_id": gateways["east"]["id"],
+                  "auto_archive": True, "trigger_status": "INFLIGHT", "max_retries": 0, "retry_timeout_seconds": 1}),
+        (None, {"name": "Retired VNA (inactive)", "called_ae_title": "OLD_VNA", "gateway_id": gateways["main"]["id"],
+                "auto_archive": True, "trigger_status": "COMPLETED", "active": False}),
+        (None, {"name": "Research archive (manual only)", "called_ae_title": "RESEARCH", "gateway_id": gateways["main"]["id"]}),
     ):
-        status, d = _http_json("POST", f"{base}/destinations", {**common, **body}, token)
+        port = archives[key].port if key else 11112
+        status, d = _http_json("POST", f"{base}/destinations", {**common, "port": port, **body}, token)
         assert status == 201, d
+        if key:
+            destinations[key] = d
         say(f"  destination {d['name']!r}: Archive {d['archive']}, gateway {d['gateway_name']!r}, facilities {d['facilities']}")
-    status, bad = _http_json("POST", f"{base}/destinations", {**common, "name": "Typo", "host": "10.0.0.1",
-                                                               "called_ae_title": "HAS SPACE", "gateway_id": gateways["east"]["id"],
-                                                               "facility_ids": ["fac-main"], "max_retries": -1}, token)
+    status, bad = _http_json("POST", f"{base}/destinations", {**common, "port": 11112, "name": "Typo", "called_ae_title": "HAS SPACE",
+                                                               "gateway_id": gateways["east"]["id"], "facility_ids": ["fac-main"],
+                                                               "max_retries": -1}, token)
     say(f"  an invalid destination is refused: {status} {sorted(bad['error']['fields'])}")
     status, refused = _http_json("DELETE", f"{base}/gateways/{gateways['main']['id']}", token=token)
     say(f"  deleting a gateway with destinations is refused: {status} {refused['error']['message']}")
-    return gateways
+    return {"gateways": gateways, "destinations": destinations}
 
 
 def _events(now: datetime) -> list[dict]:
@@ -115,8 +126,8 @@ def _events(now: datetime) -> list[dict]:
             "event_time": at.isoformat(), "facility_group_id": FG, "facility_id": facility,
             "exam": {"exam_id": exam, "accession_number": f"ACC{1000 + int(exam[-2:])}", "status": status,
                      "status_first_reached_at": (first or at).isoformat(),
-                     "study_instance_uid": f"1.2.826.0.1.3680043.8.498.{int(exam[-2:]) + 100}",
-                     "study_storage_uri": f"gs://platform-studies/{FG}/{exam}/",
+                     "study_instance_uid": _study_uid(exam),
+                     "study_storage_uri": f"gs://{STUDIES_BUCKET}/{FG}/{exam}/",
                      "patient": {"mrn": f"MRN{5000 + int(exam[-2:])}", "name": "DEMO^PATIENT"}},
         }
 
@@ -139,16 +150,92 @@ def _events(now: datetime) -> list[dict]:
     return stream
 
 
-def _verdict(job: dict) -> Optional[tuple[str, Optional[str]]]:
-    """How the simulated archives answer: exam-05 to the VNA is refused, the east archive never
-    answers for exam-07 (its gateway dies mid-job), everything else succeeds."""
-    exam, dest = job["study"]["exam_id"], job["destination"]["name"]
-    if exam == "exam-05" and dest == "Enterprise VNA":
-        return ("FAILED", "Association rejected by VNA_ENT: called AE title not recognized "
-                          "(A-ASSOCIATE-RJ source 1, reason 7) after 3 attempts")
-    if exam == "exam-07" and dest == "East clinic archive":
-        return None
-    return ("COMPLETED", None)
+EXPECTED_JOBS = 9 + 3 + 3  # 9 exams reach Completed (VNA), 3 at fac-main Pending (legacy), 3 at fac-east Inflight
+STUDIES_BUCKET = "platform-studies"
+INSTANCES_PER_STUDY = 6
+
+
+def _study_uid(exam: str) -> str:
+    return f"1.2.826.0.1.3680043.8.498.{int(exam[-2:]) + 100}"
+
+
+def _write_studies(gcs_client) -> None:
+    from devstack.studies import make_study, upload
+
+    for i in list(range(1, 10)) + [20]:
+        exam = f"exam-{i:02d}"
+        upload(gcs_client, f"gs://{STUDIES_BUCKET}/{FG}/{exam}/", make_study(_study_uid(exam), INSTANCES_PER_STUDY, series=2))
+
+
+class _Archive:
+    """An archive of the run: embedded pynetdicom SCP or Orthanc, behind one small interface."""
+
+    def __init__(self, ae: str, orthanc: bool, peers: dict, workdir: Path):
+        if orthanc:
+            from devstack.orthanc import Orthanc
+
+            self._o = Orthanc(workdir / f"orthanc-{ae.lower()}", ae_title=ae, modalities=peers).start()
+            self.port, self._e = self._o.dicom_port, None
+        else:
+            from devstack.archive_scp import EmbeddedArchive
+
+            self._e, self._o = EmbeddedArchive(ae_title=ae, peers=peers).start(), None
+            self.port = self._e.port
+
+    def study_instances_all(self) -> set:
+        return set(self._o.get("/instances")) if self._o else set(self._e.instances)
+
+    def stop(self) -> None:
+        (self._o or self._e).stop()
+
+
+def _start_archives(orthanc: bool, commit_port: int, log_dir: Path) -> dict:
+    peers = {"GW_SCU": ("127.0.0.1", commit_port)}  # where storage commitment reports go
+    return {key: _Archive(ae, orthanc, peers, log_dir) for key, ae in (("vna", "VNA_ENT"), ("legacy", "LEGACY_AR"), ("east", "EAST_AR"))}
+
+
+class _AgentService:
+    def __init__(self, agent):
+        self.agent = agent
+
+    def stop(self) -> None:
+        self.agent.stop()
+
+
+def _start_agent(gateways: dict, result_url: str, commit_port: int, log_dir: Path) -> _AgentService:
+    """The seed-000 Job Delivery form, once per gateway; the east one is saved but not yet Active."""
+    import logging
+
+    from gateway_agent.__main__ import JsonFormatter
+    from gateway_agent.agent import Agent
+    from gateway_agent.config import parse
+
+    handler = logging.FileHandler(log_dir / "gateway-agent.log")
+    handler.setFormatter(JsonFormatter())
+    agent_log = logging.getLogger("gateway_agent")
+    agent_log.handlers[:], agent_log.propagate = [handler], False
+    agent_log.setLevel(logging.INFO)
+
+    cfg = {"job_deliveries": [{"name": gw["name"], "project_id": PROJECT, "subscription_id": gw["pubsub_subscription_id"],
+                               "result_endpoint_url": result_url, "result_endpoint_secure_key": gw["result_key"].decode(),
+                               "service_account_json": json.dumps(gw["sa_key"]), "active": key == "main"}
+                              for key, gw in gateways.items()],
+           "max_concurrent_jobs": 4, "network_timeout_seconds": 3, "dimse_timeout_seconds": 10, "work_dir": str(log_dir),
+           "storage_commitment": {"ae_title": "GW_SCU", "host": "127.0.0.1", "port": commit_port, "timeout_seconds": 20}}
+    return _AgentService(Agent(parse(cfg)).start())
+
+
+def _jobs(store) -> list[dict]:
+    return [d.to_dict() for d in store._db.collection("facility_groups").document(FG).collection("jobs").stream()]
+
+
+def _wait(check, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def _http(method: str, url: str) -> Any:
@@ -157,7 +244,7 @@ def _http(method: str, url: str) -> Any:
         return json.loads(resp.read())
 
 
-def run(quiet: bool = False, log_dir: Optional[Path] = None) -> dict:
+def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = False) -> dict:
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     log_dir = log_dir or Path(os.environ.get("ARCHSYNC_LOG_DIR", "/tmp/archsync-demo-logs"))
     started: list[processes.Service] = []
@@ -212,46 +299,59 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None) -> dict:
             "ack_deadline_seconds": 30,
             "dead_letter_policy": {"dead_letter_topic": dlq, "max_delivery_attempts": 5},
         })
-        now = datetime.now(timezone.utc)
+        from devstack.processes import free_port
+
+        commit_port = free_port()
+        say(f"Starting three archives ({'Orthanc' if orthanc else 'embedded pynetdicom SCPs'}) ...")
+        archives = _start_archives(orthanc, commit_port, log_dir)
+        started += archives.values()
+        say("Writing the exams' studies to the platform's study storage (GCS emulator) ...")
+        _write_studies(gcs_client)
+        admin = f"http://{fns['admin_api'].host}"
+        token = idp.token()
         say(f"Configuring facility group {FG} through the admin API (seed 000 Steps 1-2) ...")
-        provisioned = _configure(store, f"http://{fns['admin_api'].host}", idp.token(), say)
-        from devstack.gateway_sim import SimulatedGateway
+        configured = _configure(store, admin, token, archives, say)
 
-        gateways = {gw["id"]: SimulatedGateway(subscriber, PROJECT, FG, gw["id"], gw["pubsub_subscription_id"], gw["result_key"],
-                                               f"http://{fns['on_job_result'].host}/", _verdict)
-                    for gw in provisioned.values()}
-
-        events = _events(now)
+        events = _events(datetime.now(timezone.utc))  # after the destinations exist: no retroactive archiving
         say(f"Replaying {len(events)} exam status events and 1 malformed message through Pub/Sub push ...")
         for e in events:
             publisher.publish(exam_topic, json.dumps(e).encode()).result()
         publisher.publish(exam_topic, b'{"schema_version": "1", "event_type": "exam.status_changed"}').result()
-
+        _wait(lambda: len(_jobs(store)) >= EXPECTED_JOBS, 60, "the archive jobs to be queued")
         lock_url = f"http://{fns['lock_status'].host}/v1/facility-groups/{FG}/exams/%s/lock"
-        observed_locks: dict[str, dict] = {}
+        observed_locks = {e: _http("GET", lock_url % e) for e in sorted({j["exam_id"] for j in _jobs(store)})}
 
-        def on_started(job: dict) -> None:
-            exam = job["study"]["exam_id"]
-            if exam not in observed_locks:
-                observed_locks[exam] = _http("GET", lock_url % exam)
+        say("Linking the gateways (seed 000 Step 3) and starting the reference gateway agent ...")
+        agent = _start_agent(configured["gateways"], f"http://{fns['on_job_result'].host}/", commit_port, log_dir)
+        started.append(agent)
+        main_done = lambda: [j for j in _jobs(store) if j["gateway_id"] == configured["gateways"]["main"]["id"]  # noqa: E731
+                             and j["state"] in ("COMPLETED", "FAILED")]
+        _wait(lambda: len(main_done()) >= 12, 120, "the main gateway's jobs to finish")
 
-        say("Gateways pulling jobs and reporting results ...")
-        expected_jobs, quiet_rounds, deadline = 9 + 3 + 3, 0, time.monotonic() + 60
-        while time.monotonic() < deadline and quiet_rounds < 10:
-            handled = sum(gw.poll_once(on_started) for gw in gateways.values())
-            done = sum(len(gw.handled) for gw in gateways.values())
-            quiet_rounds = quiet_rounds + 1 if handled == 0 and done >= expected_jobs - 1 else 0
-            time.sleep(0.2)
+        say("Fixing the legacy archive's called AE title through the admin API and retrying its failed jobs ...")
+        legacy = configured["destinations"]["legacy"]
+        status, _ = _http_json("PATCH", f"{admin}/v1/facility-groups/{FG}/destinations/{legacy['id']}",
+                               {"called_ae_title": "LEGACY_AR"}, token)
+        assert status == 200
+        failed_before = sorted(j["failure_reason"] for j in _jobs(store) if j["destination_id"] == legacy["id"])
+        for j in _jobs(store):
+            if j["destination_id"] == legacy["id"] and j["state"] == "FAILED":
+                status, _ = _http_json("POST", f"{admin}/v1/facility-groups/{FG}/jobs/{j['id']}/retry", {}, token)
+                assert status == 200
+        _wait(lambda: all(j["state"] == "COMPLETED" for j in _jobs(store) if j["destination_id"] == legacy["id"]), 60,
+              "the retried jobs")
 
-        say("Waiting for the silent job's result window to pass, then running the sweeper ...")
+        say("The east gateway's job delivery is not active: waiting for its jobs' result window, then running the sweeper ...")
         sweep = {}
-        for _ in range(40):
+        for _ in range(60):
             sweep = _http("POST", f"http://{fns['sweep_jobs'].host}/")
             if sweep["timed_out"]:
                 break
             time.sleep(0.5)
 
         summary = _summary(store, subscriber, lock_url, observed_locks, sweep)
+        summary["legacy_failures_before_fix"] = failed_before
+        summary["archives"] = {key: len(a.study_instances_all()) for key, a in archives.items()}
         _print(summary, say)
         return summary
     finally:
@@ -297,9 +397,14 @@ def _print(s: dict, say) -> None:
         say(f"  {exam}: " + ", ".join(f"{d}={v}" for d, v in sorted(states.items())))
     say("\n=== Order locks (archive triggered at Pending/Inflight) ===")
     held = [e for e, v in s["locks_seen_during_jobs"].items() if v]
-    say(f"  held while jobs ran: {', '.join(held) or 'none'}")
+    say(f"  held while the jobs were queued: {', '.join(held) or 'none'}")
     say(f"  message shown: {s['lock_message']}")
     say(f"  still held at the end: {', '.join(s['locks_held_at_end']) or 'none (all released)'}")
+    say("\n=== Instances held by each archive (sent by the reference gateway agent) ===")
+    say("  " + ", ".join(f"{k} {v}" for k, v in s["archives"].items()))
+    say("\n=== Legacy archive before its called AE title was fixed (then retried from the admin API) ===")
+    for r in sorted(set(s["legacy_failures_before_fix"])):
+        say(f"  - {r}")
     say("\n=== Failures ===")
     for r in s["failure_reasons"]:
         say(f"  - {r}")
@@ -312,8 +417,9 @@ def _print(s: dict, say) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    parser.add_argument("--orthanc", action="store_true", help="archive into Orthanc instead of the embedded pynetdicom SCPs")
     args = parser.parse_args(argv)
-    summary = run()
+    summary = run(orthanc=args.orthanc)
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0

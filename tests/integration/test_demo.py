@@ -1,5 +1,6 @@
 """The README's main job, run as a test: real push delivery from the Pub/Sub emulator into
-functions-framework processes, simulated gateways posting signed results, and the sweeper."""
+functions-framework processes, the reference gateway agent doing real DICOM into embedded
+archives, an administrator's fix and retry, and the sweeper."""
 from __future__ import annotations
 
 from devstack import demo
@@ -8,18 +9,24 @@ from shared.domain.models import LOCK_MESSAGE
 
 def test_demo_run_end_to_end(tmp_path):
     s = demo.run(quiet=True, log_dir=tmp_path)
-    # 9 exams complete (vna-enterprise), 3 at fac-main reach Pending (pacs-legacy), 3 at fac-east
-    # reach Inflight (east-archive); the repeat, the duplicate and the retroactive exam add none.
+    # 9 exams complete (Enterprise VNA), 3 at fac-main reach Pending (legacy), 3 at fac-east reach
+    # Inflight (east); the repeat, the duplicate and the retroactive exam add none.
     assert s["jobs_per_destination"] == {
-        "East clinic archive": {"COMPLETED": 2, "FAILED": 1},
+        "East clinic archive": {"FAILED": 3},
         "Legacy PACS archive": {"COMPLETED": 3},
-        "Enterprise VNA": {"COMPLETED": 8, "FAILED": 1},
+        "Enterprise VNA": {"COMPLETED": 9},
     }
+    # The reference agent really stored every study (6 instances each) in the embedded archives;
+    # the east gateway's job delivery is not active, so nothing reached its archive.
+    assert s["archives"] == {"vna": 54, "legacy": 18, "east": 0}
     assert "exam-20" not in s["archive_states"]
-    assert s["archive_states"]["exam-05"] == {"Enterprise VNA": "FAILED"}
-    assert s["archive_states"]["exam-07"] == {"East clinic archive": "UNKNOWN", "Enterprise VNA": "ARCHIVED"}
     assert s["archive_states"]["exam-03"] == {"Legacy PACS archive": "ARCHIVED", "Enterprise VNA": "ARCHIVED"}
-    assert len(s["timed_out"]) == 1
+    assert s["archive_states"]["exam-07"] == {"East clinic archive": "UNKNOWN", "Enterprise VNA": "ARCHIVED"}
+    # The legacy archive's AE title typo failed its jobs with the archive's own words, then the
+    # administrator fixed it and retried them through the admin API.
+    assert len(s["legacy_failures_before_fix"]) == 3
+    assert all("Called AE title not recognised" in r for r in s["legacy_failures_before_fix"])
+    assert len(s["timed_out"]) == 3
     assert {e for e, held in s["locks_seen_during_jobs"].items() if held} == {
         "exam-01", "exam-03", "exam-04", "exam-06", "exam-07", "exam-09"}
     assert s["lock_message"] == LOCK_MESSAGE
