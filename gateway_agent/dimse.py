@@ -81,9 +81,7 @@ class Network:
         self._timeouts = (dimse_timeout, network_timeout, acse_timeout)
 
     def _ae(self, calling: str):
-        from pynetdicom import AE
-
-        ae = AE(ae_title=calling)
+        ae = _fast_ae_class()(ae_title=calling)
         ae.dimse_timeout, ae.network_timeout, ae.acse_timeout = self._timeouts
         ae.maximum_pdu_size = 0  # no limit: fewer P-DATA fragments for large images
         return ae
@@ -246,6 +244,29 @@ class Network:
             raise DimseError(f"Storage Commitment N-ACTION refused by {ep}: "
                              + (status_text(code) if code is not None else "no response"))
         return assoc
+
+
+_FAST_AE = None
+
+
+def _fast_ae_class():
+    """pynetdicom's AE with Nagle's algorithm off on its sockets: each PDU is sent at once instead
+    of waiting for the peer's delayed ACK (~40-100 ms per C-STORE otherwise; measured by
+    scripts/benchmark_agent.py)."""
+    global _FAST_AE
+    if _FAST_AE is None:
+        import socket
+
+        from pynetdicom import AE
+
+        class FastAE(AE):
+            def _create_socket(self, assoc, address, tls_args):
+                sock = super()._create_socket(assoc, address, tls_args)
+                sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
+
+        _FAST_AE = FastAE
+    return _FAST_AE
 
 
 def _release(assoc) -> None:
