@@ -17,8 +17,9 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 class EmbeddedArchive:
     def __init__(self, ae_title: str = "ARCHIVE", host: str = "127.0.0.1", port: int = 0,
-                 peers: Optional[dict[str, tuple[str, int]]] = None):
+                 peers: Optional[dict[str, tuple[str, int]]] = None, query: bool = True, commitment: bool = True):
         self.ae_title, self._addr = ae_title, (host, port)
+        self.query, self.commitment = query, commitment  # False: a store-only archive
         self.peers = dict(peers or {})  # calling AE title -> where to send commitment reports
         self.instances: dict[str, Dataset] = {}  # SOP instance UID -> data set (no pixel copies kept)
         self.transfer_syntaxes: dict[str, str] = {}
@@ -37,8 +38,10 @@ class EmbeddedArchive:
         ae.maximum_pdu_size = 0
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(STUDY_ROOT_FIND)
-        ae.add_supported_context(STORAGE_COMMITMENT)
+        if self.query:
+            ae.add_supported_context(STUDY_ROOT_FIND)
+        if self.commitment:
+            ae.add_supported_context(STORAGE_COMMITMENT)
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find), (evt.EVT_N_ACTION, self._on_action)]
         self._server = ae.start_server(self._addr, block=False, evt_handlers=handlers)

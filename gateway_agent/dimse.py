@@ -35,6 +35,10 @@ class DimseError(Exception):
         self.reason, self.retryable = reason, retryable
 
 
+class NoAcceptedContext(DimseError):
+    """The archive accepted the association but none of the proposed presentation contexts."""
+
+
 def status_text(code: int) -> str:
     text = STATUS_TEXT.get(code) or STATUS_TEXT.get(code & 0xFF00) or (
         "out of resources" if code & 0xFF00 == 0xA700 else "refused" if code & 0xF000 == 0xA000 else "error")
@@ -114,7 +118,7 @@ class Network:
                              f"'{rj.result_str}', source {rj.result_source} '{rj.source_str}', reason {rj.diagnostic})",
                              retryable=not permanent)
         if seen.get("accepted"):  # accepted, then aborted by pynetdicom: no usable context
-            raise DimseError(f"{ep} accepted none of the proposed presentation contexts", retryable=False)
+            raise NoAcceptedContext(f"{ep} accepted none of the proposed presentation contexts", retryable=False)
         raise DimseError(f"Cannot connect to {ep}: connection refused, timed out or aborted by the peer", retryable=True)
 
     # -- C-FIND -----------------------------------------------------------------------------
@@ -124,11 +128,12 @@ class Network:
         C-FIND for us: then everything is sent (a C-STORE of a held instance is harmless)."""
         from pydicom.dataset import Dataset
 
-        assoc = self.associate(ep, [(STUDY_ROOT_FIND, [EXPLICIT_LE, IMPLICIT_LE])])
         try:
-            if not assoc.accepted_contexts:
-                return None
-
+            assoc = self.associate(ep, [(STUDY_ROOT_FIND, [EXPLICIT_LE, IMPLICIT_LE])])
+        except NoAcceptedContext:
+            log.warning("the archive does not support Study Root C-FIND; sending everything", extra={"destination": str(ep)})
+            return None
+        try:
             def find(level: str, **keys) -> Optional[list]:
                 q = Dataset()
                 q.QueryRetrieveLevel = level
@@ -229,15 +234,12 @@ class Network:
             item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
             items.append(item)
         ds.ReferencedSOPSequence = items
-        assoc = self.associate(ep, [(STORAGE_COMMITMENT, [EXPLICIT_LE, IMPLICIT_LE])],
-                               handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
         try:
-            if not assoc.accepted_contexts:
-                raise DimseError(f"{ep} does not accept Storage Commitment Push Model", retryable=False)
-            status, _ = assoc.send_n_action(ds, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
-        except DimseError:
-            _release(assoc)
-            raise
+            assoc = self.associate(ep, [(STORAGE_COMMITMENT, [EXPLICIT_LE, IMPLICIT_LE])],
+                                   handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+        except NoAcceptedContext:
+            raise DimseError(f"{ep} does not accept Storage Commitment Push Model", retryable=False) from None
+        status, _ = assoc.send_n_action(ds, 1, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE)
         code = getattr(status, "Status", None)
         if code != 0x0000:
             _release(assoc)

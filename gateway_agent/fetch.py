@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
+from .dimse import Instance
+
 
 class FetchError(Exception):
     def __init__(self, reason: str, retryable: bool):
@@ -85,19 +87,17 @@ class ObjectFetcher:
             return list(pool.map(one, enumerate(names)))
 
 
-def read_header(path: Path) -> Optional[dict]:
-    """SOP class/instance, series and transfer syntax of a Part-10 file, or None if it is not one."""
+def read_instance(path: Path) -> Optional[Instance]:
+    """The identity of a Part-10 file (header only, no pixel data), or None if it is not one."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = dcmread(path, stop_before_pixels=True,
-                     specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"])
     except (InvalidDicomError, OSError, ValueError):
         return None
     meta = getattr(ds, "file_meta", None)
     if meta is None or "SOPInstanceUID" not in ds:
         return None
-    return {"sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
-            "series_instance_uid": str(ds.get("SeriesInstanceUID", "")), "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
-            "transfer_syntax_uid": str(meta.TransferSyntaxUID), "path": path}
+    return Instance(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.get("SeriesInstanceUID", "")),
+                    str(meta.TransferSyntaxUID), path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .dimse import CommitmentWaiter, DimseError, Endpoint, Instance, Network
-from .fetch import FetchError, ObjectFetcher, read_header
+from .fetch import FetchError, ObjectFetcher, read_instance
 from .mllp import Hl7Error, send as send_hl7
 from .results import Outcome
 
@@ -71,12 +71,11 @@ class JobRunner:
             paths = self._fetcher.fetch_prefix(uri, spool)
         found = {}
         for p in paths:
-            h = read_header(p)
-            if h is None:
+            inst = read_instance(p)
+            if inst is None:
                 log.warning("skipping a file that is not DICOM Part 10", extra={"job_id": job["job_id"], "file": p.name})
                 continue
-            found[h["sop_instance_uid"]] = Instance(h["sop_class_uid"], h["sop_instance_uid"], h["series_instance_uid"],
-                                                    h["transfer_syntax_uid"], p)
+            found[inst.sop_instance_uid] = inst
         if job.get("object_uri"):
             if not found:
                 raise FetchError(f"{job['object_uri']} is not a DICOM Part-10 file", retryable=False)

@@ -26,25 +26,14 @@ from devstack.orthanc import Orthanc  # noqa: E402
 from devstack.studies import make_study  # noqa: E402
 
 
-def _instances(files, tmp: Path):
-    from gateway_agent.dimse import Instance
-    from gateway_agent.fetch import read_header
-
-    out = []
-    for f in files:
-        p = tmp / f"{f.sop_instance_uid}.dcm"
-        p.write_bytes(f.data)
-        h = read_header(p)
-        out.append(Instance(h["sop_class_uid"], h["sop_instance_uid"], h["series_instance_uid"], h["transfer_syntax_uid"], p))
-    return out
-
-
 def store_rate(orthanc: Orthanc, count: int, tmp: Path) -> None:
     from gateway_agent.dimse import Endpoint, Network
 
     files_dir = tmp / "files"
     files_dir.mkdir()
-    insts = _instances(make_study("1.2.826.0.1.3680043.8.498.9001", count, series=4), files_dir)
+    from tests.e2e.harness import write_instances
+
+    insts = write_instances(make_study("1.2.826.0.1.3680043.8.498.9001", count, series=4), files_dir)
     mb = sum(i.path.stat().st_size for i in insts) / 1e6
     ep = Endpoint("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, "GW_SCU")
     rates = {}

@@ -22,6 +22,18 @@ FAKE_SA = {"type": "service_account", "client_email": "archsync-gw-1@test.iam.gs
            "private_key": "-----BEGIN PRIVATE KEY-----\nnot-used-against-emulators\n-----END PRIVATE KEY-----\n"}
 
 
+def write_instances(files: list[StudyFile], into: Path) -> list:
+    """Study files written to disk, as the agent's Instances (what its C-STORE path takes)."""
+    from gateway_agent.fetch import read_instance
+
+    out = []
+    for f in files:
+        path = into / f"{f.sop_instance_uid}.dcm"
+        path.write_bytes(f.data)
+        out.append(read_instance(path))
+    return out
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -129,16 +141,10 @@ class E2E:
 
     def store_directly(self, files: list[StudyFile]) -> None:
         """C-STORE with dcmtk-independent pynetdicom, as another sender would."""
-        from gateway_agent.dimse import Endpoint, Instance, Network
-        from gateway_agent.fetch import read_header
+        from gateway_agent.dimse import Endpoint, Network
 
-        paths = []
-        for f in files:
-            p = self.tmp / f"direct-{f.sop_instance_uid}.dcm"
-            p.write_bytes(f.data)
-            h = read_header(p)
-            paths.append(Instance(h["sop_class_uid"], h["sop_instance_uid"], h["series_instance_uid"], h["transfer_syntax_uid"], p))
-        report = Network().store(Endpoint.of(self.dest.__dict__ | {"calling_ae_title": "MODALITY"}), paths, None)
+        report = Network().store(Endpoint.of(self.dest.__dict__ | {"calling_ae_title": "MODALITY"}),
+                                 write_instances(files, self.tmp), None)
         assert not report.failed
 
     # -- what happened ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -58,11 +59,7 @@ def world(stack, tmp_path):
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     bucket = f"studies-{stack.project}"
 
-    class W:
-        pass
-
-    w = W()
-    w.stack, w.archive, w.runner, w.sleeps, w.uri = stack, archive, runner, sleeps, f"gs://{bucket}/fg-1/{STUDY}/"
+    w = SimpleNamespace(stack=stack, archive=archive, runner=runner, sleeps=sleeps, uri=f"gs://{bucket}/fg-1/{STUDY}/")
 
     def study(count: int, **kw):
         files = make_study(STUDY, count, **kw)
@@ -85,6 +82,20 @@ def test_archive_job_sends_the_whole_study_then_a_rerun_sends_nothing(world):
     again = world.runner.run(msg)  # a redelivered message: the C-FIND finds everything
     assert again.counts == {"total": 5, "sent": 0, "already_present": 5, "excluded": 0, "failed": 0}
     assert world.archive.stores == stores
+
+
+def test_a_store_only_archive_gets_everything_and_refuses_commitment_clearly(world):
+    files = world.study(2)
+    world.archive.stop()
+    store_only = EmbeddedArchive(query=False, commitment=False).start()
+    try:
+        out = world.runner.run(job(port=store_only.port, uri=world.uri))
+        assert out.state == "COMPLETED" and out.counts["sent"] == 2
+        assert store_only.study(STUDY) == {f.sop_instance_uid for f in files}
+        out = world.runner.run(job(port=store_only.port, uri=world.uri, storage_commitment=True))
+        assert out.state == "FAILED" and "does not accept Storage Commitment Push Model (not retried: permanent)" in out.reason
+    finally:
+        store_only.stop()
 
 
 def test_excluded_sop_classes_are_not_sent(world):

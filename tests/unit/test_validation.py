@@ -47,6 +47,7 @@ def test_defaults():
     assert (d.max_retries, d.retry_timeout_seconds, d.facility_ids, d.active) == (3, 10, (), True)
     assert (d.auto_archive, d.trigger_status, d.archive_text) == (False, None, "No")
     assert (d.support_iocm, d.allow_prefetch, d.moving_ae_title, d.transfer_syntax_uid) == (False, False, None, None)
+    assert d.storage_commitment is False and build(storage_commitment=True).storage_commitment is True
 
 
 @pytest.mark.parametrize("field", ["name", "type", "host", "port", "called_ae_title", "calling_ae_title", "gateway_id"])
@@ -144,8 +145,8 @@ def test_auto_archive_since_moves_only_when_archiving_is_reconfigured():
 
 
 def test_flags_must_be_booleans_and_all_errors_are_reported_together():
-    errs = errors_of(support_iocm="yes", active=1, allow_prefetch=None, port=0, host="")
-    assert {"support_iocm", "active", "allow_prefetch", "port", "host"} <= set(errs)
+    errs = errors_of(support_iocm="yes", active=1, allow_prefetch=None, storage_commitment="on", port=0, host="")
+    assert {"support_iocm", "active", "allow_prefetch", "storage_commitment", "port", "host"} <= set(errs)
 
 
 def test_error_messages_do_not_echo_values():
