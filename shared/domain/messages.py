@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..clock import iso, parse_time
 from .errors import MalformedInput
@@ -158,14 +158,14 @@ def study_changed(payload: Mapping[str, Any]) -> StudyChanged:
         rejection_reason=payload.get("rejection_reason"), target=target)
 
 
-# --- Values the builders would refuse (item: poison inputs) --------------------------------------
+# --- Values the builders would refuse (issue 11 item 12, poison inputs) ---------------------------
 # A schema-valid event whose values a builder refuses later (pydicom for the rejection note,
 # hl7apy STRICT for ADT) used to fail after reads and writes, be retried and dead-lettered without
 # a reason. The mapping applies the builders' own rules first, so such an event is dead-lettered
 # with its reason on its first delivery and nothing is written. Reasons name the field and the
 # rule, never the value (patient data).
 _DA_RULE = "must be a real date YYYYMMDD or empty"
-_DICOM_RULES: dict[str, tuple[Any, str]] = {
+_DICOM_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # field of study-changed.v1 -> (check, rule); the attributes the rejection note copies
     # (shared/iocm/kos.py, PS3.3 C.7.1.1 and C.7.2.1 with the VRs of PS3.5 6.2).
     "patient/patient_id": (lambda v: is_valid_dicom_text(v, 64), "must be at most 64 characters without backslash or "
