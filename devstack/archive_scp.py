@@ -1,7 +1,8 @@
 """An embedded DICOM archive for the local run and the agent's tests: a pynetdicom SCP for Storage
 (every storage SOP class, every transfer syntax), Study Root C-FIND (SERIES and IMAGE level) and
 Storage Commitment Push Model, which it reports asynchronously on a new association to the
-requesting AE, as Orthanc does. ``fail_store_with`` makes C-STORE answer an error status."""
+requesting AE, as Orthanc does. ``fail_store_with`` makes C-STORE answer an error status;
+``find_fails`` makes C-FIND fail in one of the ways real archives do (see FIND_FAILURES)."""
 from __future__ import annotations
 
 import threading
@@ -13,6 +14,10 @@ from pydicom.dataset import Dataset
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+# How C-FIND can fail: A-ASSOCIATE-RJ for an association proposing Query/Retrieve (an archive
+# that lets this AE store but not query); a failure status; no response (the SCU's DIMSE timeout);
+# an A-ABORT in the middle of the query.
+FIND_FAILURES = ("reject", "status", "timeout", "abort")
 
 
 class EmbeddedArchive:
@@ -25,6 +30,9 @@ class EmbeddedArchive:
         self.transfer_syntaxes: dict[str, str] = {}
         self.stores = 0
         self.fail_store_with: Optional[int] = None
+        self.find_fails: Optional[str] = None  # one of FIND_FAILURES
+        self.find_status = 0xC000  # the failure status of find_fails="status" ("unable to process")
+        self._stopping = threading.Event()  # releases C-FIND handlers held by find_fails="timeout"
         self.commit_refuse: set[str] = set()  # SOP instance UIDs it will not commit to
         self._lock = threading.Lock()
         self._server = None
@@ -43,7 +51,8 @@ class EmbeddedArchive:
         if self.commitment:
             ae.add_supported_context(STORAGE_COMMITMENT)
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find), (evt.EVT_N_ACTION, self._on_action)]
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_FIND, self._on_find), (evt.EVT_N_ACTION, self._on_action),
+                    (evt.EVT_REQUESTED, self._on_requested)]
         self._server = ae.start_server(self._addr, block=False, evt_handlers=handlers)
         return self
 
@@ -52,6 +61,7 @@ class EmbeddedArchive:
         return self._server.server_address[1]
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server:
             self._server.shutdown()
             self._server = None
@@ -74,7 +84,23 @@ class EmbeddedArchive:
             self.stores += 1
         return 0x0000
 
+    def _on_requested(self, event) -> None:
+        """pynetdicom lets an EVT_REQUESTED handler answer A-ASSOCIATE-RJ before negotiation."""
+        proposed = event.assoc.requestor.primitive.presentation_context_definition_list
+        if self.find_fails == "reject" and any(cx.abstract_syntax == STUDY_ROOT_FIND for cx in proposed):
+            event.assoc.acse.send_reject(0x01, 0x01, 0x01)  # rejected-permanent, service user, no reason given
+            event.assoc.kill()  # as pynetdicom's own rejections: lets the A-ASSOCIATE-RJ out before the socket closes
+
     def _on_find(self, event):
+        if self.find_fails == "status":
+            yield self.find_status, None
+            return
+        if self.find_fails == "timeout":
+            self._stopping.wait()
+            return
+        if self.find_fails == "abort":
+            event.assoc.abort()
+            return
         q = event.identifier
         level = str(q.get("QueryRetrieveLevel", ""))
         with self._lock:

@@ -39,6 +39,15 @@ class NoAcceptedContext(DimseError):
     """The archive accepted the association but none of the proposed presentation contexts."""
 
 
+class CannotConnect(DimseError):
+    """No TCP connection to the archive (refused or timed out): no DIMSE service can work."""
+
+
+class CFindFailed(DimseError):
+    """The archive could not say what it holds (seed 000 Troubleshooting: "C-FIND failed and no
+    fallback push occurred"): the job falls back to sending every instance."""
+
+
 def status_text(code: int) -> str:
     text = STATUS_TEXT.get(code) or STATUS_TEXT.get(code & 0xFF00) or (
         "out of resources" if code & 0xFF00 == 0xA700 else "refused" if code & 0xF000 == 0xA000 else "error")
@@ -72,6 +81,7 @@ class Instance:
     series_instance_uid: str
     transfer_syntax_uid: str
     path: object  # pathlib.Path of the Part-10 file
+    study_instance_uid: str = ""
 
 
 @dataclass
@@ -99,6 +109,9 @@ class Network:
             ae.add_requested_context(abstract, syntaxes)
         seen: dict = {}
 
+        def on_open(event) -> None:
+            seen["connected"] = True
+
         def on_acse(event) -> None:
             p = event.primitive
             result = getattr(p, "result", None)
@@ -107,8 +120,8 @@ class Network:
             elif result == 0:
                 seen["accepted"] = True
 
-        assoc = ae.associate(ep.host, ep.port, ae_title=ep.called_ae_title,
-                             evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)] + list(handlers or []))
+        watch = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)]
+        assoc = ae.associate(ep.host, ep.port, ae_title=ep.called_ae_title, evt_handlers=watch + list(handlers or []))
         if assoc.is_established:
             return assoc
         rj = seen.get("reject")
@@ -119,22 +132,33 @@ class Network:
                              retryable=not permanent)
         if seen.get("accepted"):  # accepted, then aborted by pynetdicom: no usable context
             raise NoAcceptedContext(f"{ep} accepted none of the proposed presentation contexts", retryable=False)
-        raise DimseError(f"Cannot connect to {ep}: connection refused, timed out or aborted by the peer", retryable=True)
+        if not seen.get("connected"):
+            raise CannotConnect(f"Cannot connect to {ep}: connection refused or timed out", retryable=True)
+        raise DimseError(f"Association with {ep} not established: aborted by the peer or no answer within the "
+                         "ACSE timeout", retryable=True)
 
     # -- C-FIND -----------------------------------------------------------------------------
-    def held_instances(self, ep: Endpoint, study_uid: str) -> Optional[set[str]]:
+    def held_instances(self, ep: Endpoint, study_uid: str) -> set[str]:
         """SOP instance UIDs of the study the archive already holds (Study Root, SERIES then IMAGE
-        level: hierarchical queries every archive answers). None when the archive does not support
-        C-FIND for us: then everything is sent (a C-STORE of a held instance is harmless)."""
+        level: hierarchical queries every archive answers).
+
+        Raises CFindFailed when the query itself fails: association rejected, no Study Root
+        Query/Retrieve context accepted, no response within the DIMSE timeout or the association
+        aborted, or a failure status. The caller then sends everything (a C-STORE of an instance
+        the archive holds is harmless). CannotConnect (no TCP connection) is raised as it is: no
+        C-STORE could reach the archive either, so the attempt fails and is retried."""
         from pydicom.dataset import Dataset
 
         try:
             assoc = self.associate(ep, [(STUDY_ROOT_FIND, [EXPLICIT_LE, IMPLICIT_LE])])
         except NoAcceptedContext:
-            log.warning("the archive does not support Study Root C-FIND; sending everything", extra={"destination": str(ep)})
-            return None
+            raise CFindFailed(f"{ep} accepted no Study Root Query/Retrieve context") from None
+        except CannotConnect:
+            raise
+        except DimseError as e:  # rejected, or aborted during negotiation
+            raise CFindFailed(e.reason) from None
         try:
-            def find(level: str, **keys) -> Optional[list]:
+            def find(level: str, **keys) -> list:
                 q = Dataset()
                 q.QueryRetrieveLevel = level
                 q.StudyInstanceUID = study_uid
@@ -142,25 +166,24 @@ class Network:
                 if level == "IMAGE":
                     q.SOPInstanceUID = ""
                 rows = []
-                for status, ident in assoc.send_c_find(q, STUDY_ROOT_FIND):
-                    code = getattr(status, "Status", None)
-                    if code is None:
-                        raise DimseError(f"C-FIND to {ep}: no response within the DIMSE timeout or association aborted")
-                    if code in (0xFF00, 0xFF01) and ident is not None:
-                        rows.append(ident)
-                    elif code != 0x0000:
-                        log.warning("C-FIND refused; sending everything", extra={"status": f"0x{code:04X}"})
-                        return None
+                try:
+                    for status, ident in assoc.send_c_find(q, STUDY_ROOT_FIND):
+                        code = getattr(status, "Status", None)
+                        if code is None:
+                            raise CFindFailed(f"no {level} C-FIND response from {ep} within the DIMSE timeout, "
+                                              "or the association was aborted")
+                        if code in (0xFF00, 0xFF01):
+                            if ident is not None:
+                                rows.append(ident)
+                        elif code != 0x0000:  # failure (A700, A900, Cxxx) or cancel (FE00), PS3.4 C.4.1.1.4
+                            raise CFindFailed(f"{level} C-FIND to {ep} answered status {status_text(code)}")
+                except (RuntimeError, ValueError) as e:  # association gone, or no usable context
+                    raise CFindFailed(f"{level} C-FIND to {ep} could not be sent ({type(e).__name__})") from None
                 return rows
 
-            series = find("SERIES")
-            if series is None:
-                return None
             held: set[str] = set()
-            for s in series:
-                images = find("IMAGE", series=str(s.get("SeriesInstanceUID", "")))
-                if images is None:
-                    return None
+            for series in find("SERIES"):
+                images = find("IMAGE", series=str(series.get("SeriesInstanceUID", "")))
                 held.update(str(i.get("SOPInstanceUID", "")) for i in images)
             held.discard("")
             return held

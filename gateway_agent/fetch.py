@@ -18,10 +18,22 @@ class FetchError(Exception):
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("gs://") or "/" not in uri[5:] and not uri[5:]:
+    """(bucket, object name or prefix) of a gs:// URI."""
+    bucket, _, name = uri[5:].partition("/") if isinstance(uri, str) and uri.startswith("gs://") else ("", "", "")
+    if not bucket:
         raise FetchError(f"not a gs:// URI: {uri!r}", retryable=False)
-    bucket, _, name = uri[5:].partition("/")
     return bucket, name
+
+
+def study_prefix(uri: str) -> tuple[str, str]:
+    """(bucket, prefix) of a study's storage URI, which must be gs://<bucket>/<prefix>/ with a
+    non-empty prefix ending in '/' (contract job-message.v1). ARCHITECTURE rule 9: a bare bucket
+    would list every study, and a prefix without its '/' (…/1.2.3) also lists a sibling study
+    (…/1.2.34/): an archive would receive another patient's images."""
+    bucket, prefix = split_uri(uri)
+    if not prefix.endswith("/") or "" in prefix[:-1].split("/"):
+        raise FetchError(f"{uri}: not a study prefix (gs://<bucket>/<study prefix>/, ending in '/')", retryable=False)
+    return bucket, prefix
 
 
 class ObjectFetcher:
@@ -61,7 +73,7 @@ class ObjectFetcher:
 
     def fetch_prefix(self, uri: str, into: Path) -> list[Path]:
         """Every object under a gs:// prefix (the study's Part-10 files)."""
-        bucket, prefix = split_uri(uri)
+        bucket, prefix = study_prefix(uri)
         client = self._storage()
         names = self._call(uri, lambda: [b.name for b in client.list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")])
         if not names:
@@ -70,6 +82,8 @@ class ObjectFetcher:
 
     def fetch_object(self, uri: str, into: Path) -> Path:
         bucket, name = split_uri(uri)
+        if not name or name.endswith("/"):
+            raise FetchError(f"{uri}: not an object URI", retryable=False)
         return self._download_all(bucket, [name], into)[0]
 
     def _download_all(self, bucket: str, names: list[str], into: Path) -> list[Path]:
@@ -93,11 +107,12 @@ def read_instance(path: Path) -> Optional[Instance]:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID"])
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
     except (InvalidDicomError, OSError, ValueError):
         return None
     meta = getattr(ds, "file_meta", None)
     if meta is None or "SOPInstanceUID" not in ds:
         return None
     return Instance(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.get("SeriesInstanceUID", "")),
-                    str(meta.TransferSyntaxUID), path)
+                    str(meta.TransferSyntaxUID), path, str(ds.get("StudyInstanceUID", "")))

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .dimse import CommitmentWaiter, DimseError, Endpoint, Instance, Network
+from .dimse import CFindFailed, CommitmentWaiter, DimseError, Endpoint, Instance, Network
 from .fetch import FetchError, ObjectFetcher, read_instance
 from .mllp import Hl7Error, send as send_hl7
 from .results import Outcome
@@ -61,7 +61,10 @@ class JobRunner:
         return self._send(job, state)
 
     def _instances(self, job: dict, spool: Path) -> list[Instance]:
-        """The instances this job is about, from Cloud Storage."""
+        """The instances this job is about, from Cloud Storage: only files of the job's study."""
+        study_uid = (job.get("study") or {}).get("study_instance_uid")
+        if not study_uid:
+            raise FetchError("the job names no study instance UID", retryable=False)
         if job.get("object_uri"):  # IOCM/KOS: the generated note, under the gateway's own prefix
             paths = [self._fetcher.fetch_object(job["object_uri"], spool)]
         else:
@@ -70,12 +73,24 @@ class JobRunner:
                 raise FetchError("the job names no study storage URI", retryable=False)
             paths = self._fetcher.fetch_prefix(uri, spool)
         found = {}
+        foreign = 0
         for p in paths:
             inst = read_instance(p)
             if inst is None:
                 log.warning("skipping a file that is not DICOM Part 10", extra={"job_id": job["job_id"], "file": p.name})
                 continue
+            if inst.study_instance_uid != study_uid:
+                foreign += 1
+                continue
             found[inst.sop_instance_uid] = inst
+        if foreign:
+            # ARCHITECTURE rule 9: an archive only ever receives the job's own study. A file of
+            # another study (or none) in the study's storage is the platform's error: sending
+            # nothing is the only safe answer, and retrying cannot fix it. The reason names
+            # counts and the prefix (ids only), never a file's patient data.
+            where = job.get("object_uri") or uri
+            raise FetchError(f"{foreign} of {len(paths)} files under {where} belong to another study; nothing was sent",
+                             retryable=False)
         if job.get("object_uri"):
             if not found:
                 raise FetchError(f"{job['object_uri']} is not a DICOM Part-10 file", retryable=False)
@@ -97,8 +112,15 @@ class JobRunner:
         excluded = set(dest.get("excluded_sop_class_uids") or [])
         eligible = [i for i in instances if i.sop_class_uid not in excluded]
         held: set[str] = set()
+        fallback = None
         if not job.get("object_uri") and eligible:
-            held = self._net.held_instances(ep, job["study"]["study_instance_uid"]) or set()
+            try:
+                held = self._net.held_instances(ep, job["study"]["study_instance_uid"])
+            except CFindFailed as e:
+                # Seed 000 Troubleshooting, "C-FIND failed and no fallback push occurred": any
+                # C-FIND failure falls back to sending everything, and the result says so.
+                fallback = e.reason
+                log.warning("C-FIND failed; sending every instance", extra={"job_id": job["job_id"], "why": e.reason})
         sent: set[str] = state.setdefault("sent", set())  # by this job's earlier attempts
         todo = [i for i in eligible if i.sop_instance_uid not in held and i.sop_instance_uid not in sent]
         report = self._net.store(ep, todo, dest.get("transfer_syntax_uid")) if todo else None
@@ -108,6 +130,8 @@ class JobRunner:
             "total": len(instances), "sent": len(sent),
             "already_present": sum(1 for i in eligible if i.sop_instance_uid in held and i.sop_instance_uid not in sent),
             "excluded": len(instances) - len(eligible), "failed": len(report.failed) if report else 0}
+        if fallback:
+            counts["cfind_fallback"] = 1
         if report and report.failed:
             first = next(iter(report.failed.values()))
             permanent = all("does not transcode" in r for r in report.failed.values())
@@ -118,6 +142,8 @@ class JobRunner:
         reason = None
         if counts["excluded"] and not eligible:
             reason = "every instance is of a SOP class the destination excludes"
+        if fallback:
+            reason = f"C-FIND failed ({fallback}); sent every instance"
         return Outcome("COMPLETED", reason, counts)
 
     def _commit(self, ep: Endpoint, instances: list[Instance]) -> None:

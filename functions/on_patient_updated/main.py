@@ -4,6 +4,7 @@ import os
 import functions_framework
 
 from shared import contracts, wiring
+from shared.domain.messages import patient_updated
 from shared.services.dead_letter import run_pubsub
 from shared.settings import Settings
 
@@ -14,4 +15,5 @@ NAME = "on_patient_updated"
 def on_patient_updated(cloud_event) -> None:
     settings = Settings.from_env(os.environ)
     service = wiring.patient_update_service(settings)
-    run_pubsub(cloud_event, contracts.PATIENT_UPDATED, service.handle, wiring.dead_letter(settings, NAME))
+    run_pubsub(cloud_event, contracts.PATIENT_UPDATED, lambda p: service.handle(patient_updated(p)),
+               wiring.dead_letter(settings, NAME))

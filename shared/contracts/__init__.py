@@ -3,8 +3,11 @@ OpenAPI document of the HTTP endpoints (``openapi.yaml``). Payloads are validate
 schemas at runtime, so the documents cannot drift from the code."""
 from __future__ import annotations
 
+import copy
 import functools
 import json
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,36 @@ def _validator(name: str) -> Any:
     schema = json.loads((HERE / f"{name}.schema.json").read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return cls(schema, format_checker=_format_checker(cls))
+
+
+# RFC 3339 section 5.6 date-time (T, Z case-insensitive), ASCII digits only.
+_DATE_TIME = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+                        r"([Zz]|[+-]([0-9]{2}):([0-9]{2}))$")
+
+
+def is_date_time(value: object) -> bool:
+    """RFC 3339 date-time that is a real instant: 2026-02-30T00:00:00Z matches every pattern but
+    no calendar. jsonschema checks the "date-time" format only with an optional package that is not
+    installed, and otherwise lets any string pass: this stdlib check is registered instead. A leap
+    second (:60) is refused too: no handler could parse it."""
+    if not isinstance(value, str):
+        return True  # formats constrain strings only (JSON Schema 2020-12 section 7.1)
+    m = _DATE_TIME.match(value)
+    if not m:
+        return False
+    try:
+        datetime(*(int(m.group(i)) for i in range(1, 7)))
+    except ValueError:
+        return False
+    return m.group(9) is None or (int(m.group(9)) <= 23 and int(m.group(10)) <= 59)
+
+
+def _format_checker(cls: Any) -> Any:
+    checker = copy.copy(cls.FORMAT_CHECKER)
+    checker.checkers = dict(cls.FORMAT_CHECKER.checkers)
+    checker.checks("date-time")(is_date_time)
+    return checker
 
 
 def schema(name: str) -> dict:
@@ -47,6 +79,8 @@ def validate(name: str, payload: Any) -> None:
                 parts.append(f"{where}: missing {', '.join(missing)}")
             elif what == "additionalProperties":
                 parts.append(f"{where}: unexpected property")
+            elif what == "format":
+                parts.append(f"{where}: is not a valid {e.validator_value}")
             else:
                 parts.append(f"{where}: fails '{what}'")
         raise MalformedInput(f"{name}: " + "; ".join(dict.fromkeys(parts)))

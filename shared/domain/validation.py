@@ -251,3 +251,94 @@ def validate_destination(
         created_by=previous.created_by if previous else "",
         updated_at=now,
     )
+
+
+# --- Values that inbound events copy into DICOM objects, HL7 messages and job messages ----------
+# Checked when an event is mapped, before anything is read or written, so that a payload the
+# builders would refuse is dead-lettered with its reason on the first delivery (rule 2) instead of
+# failing late and being retried. Each check names a rule, never the value (patient data).
+
+# A study's storage prefix (contract job-message.v1 "study_prefix", ARCHITECTURE rule 9): a bucket
+# and at least one non-empty folder name, no empty segment; the trailing '/' may be left out.
+_STUDY_PREFIX = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]/([^/\x00-\x1f\x7f]+/)*[^/\x00-\x1f\x7f]+/?$")
+
+
+def study_prefix(uri: str) -> str:
+    """The study storage prefix ``uri`` names, ending in '/': ``gs://b/fg/1.2.3`` is the folder
+    ``gs://b/fg/1.2.3/``. Without the '/', a prefix listing would also match a sibling study
+    (``…/1.2.34/``); a bare bucket would list every study. Raises ValueError for those."""
+    if not isinstance(uri, str) or len(uri) > 1100 or not _STUDY_PREFIX.match(uri):
+        raise ValueError("must be gs://<bucket>/<study prefix>/ (a bucket alone or an empty folder name is refused)")
+    return uri if uri.endswith("/") else uri + "/"
+
+
+_DA = re.compile(r"^[0-9]{8}$")
+# PS3.5 6.2 TM: HH[MM[SS[.F{1,6}]]], hours 00-23, minutes 00-59, seconds 00-59.
+_TM = re.compile(r"^([01][0-9]|2[0-3])([0-5][0-9]([0-5][0-9](\.[0-9]{1,6})?)?)?$")
+_DICOM_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# HL7 v2.5.1 section 2.7: a CR or LF inside a value would end the segment; hl7apy also splits
+# lines at NEL, U+2028 and U+2029 (the same set as shared/hl7/adt.py).
+_HL7_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HL7_TYPE_CODE = re.compile(r"^[A-Z0-9]{1,5}$")  # table 0203 codes: MR, PI, PT, NNUSA, ...
+HL7_NAMESPACE_MAX = 20  # HD.1 is IS(20), 2.5.1 section 2.A.33
+
+
+def is_encodable(value: Any) -> bool:
+    """Text that UTF-8 can carry: JSON may hold a lone surrogate (\\ud800), which no DICOM or HL7
+    encoder can write."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_valid_date(value: Any) -> bool:
+    """DICOM DA / HL7 DT to the day: YYYYMMDD and a real calendar date (PS3.5 6.2)."""
+    if not isinstance(value, str) or not _DA.match(value):
+        return False
+    try:
+        datetime.strptime(value, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def is_valid_dicom_time(value: Any) -> bool:
+    return isinstance(value, str) and bool(_TM.match(value))
+
+
+def is_valid_dicom_text(value: Any, max_len: int) -> bool:
+    """LO/SH (PS3.5 6.2), single-valued: at most ``max_len`` characters, no backslash (the value
+    separator) and no control characters."""
+    return (is_encodable(value) and len(value) <= max_len and "\\" not in value
+            and not _DICOM_CONTROL.search(value))
+
+
+def is_valid_person_name(value: Any) -> bool:
+    """PN (PS3.5 6.2.1): at most 3 component groups ('='), each of at most 5 components ('^') and
+    64 characters; no backslash or control characters."""
+    if not is_encodable(value) or "\\" in value or _DICOM_CONTROL.search(value):
+        return False
+    groups = value.split("=")
+    return len(groups) <= 3 and all(len(g) <= 64 and g.count("^") <= 4 for g in groups)
+
+
+def is_valid_hl7_text(value: Any, *, required: bool = False, max_len: Optional[int] = None) -> bool:
+    """An HL7 v2 leaf value as shared/hl7/adt.py takes it: no control characters; surrounding
+    blanks are not significant (2.5.1 section 2.A.74), so a required value must not be blank."""
+    if not is_encodable(value) or _HL7_CONTROL.search(value):
+        return False
+    text = value.strip()
+    return not (required and not text) and (max_len is None or len(text) <= max_len)
+
+
+def is_valid_hl7_type_code(value: Any) -> bool:
+    return is_valid_hl7_text(value) and (value.strip() == "" or bool(_HL7_TYPE_CODE.match(value.strip())))
+
+
+def is_valid_oid(value: Any) -> bool:
+    """An ISO OID as DICOM (UI, PS3.5 9.1) and HL7 (HD.2 with HD.3 'ISO') carry it."""
+    return is_valid_uid(value)

@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..domain.models import InstanceRef
-from ..domain.validation import is_valid_uid
+from ..domain.validation import (is_valid_date, is_valid_dicom_text, is_valid_dicom_time, is_valid_person_name,
+                                 is_valid_uid)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -133,19 +134,18 @@ def content_value_type(sop_class_uid: str) -> str:
 
 # --- Validation (errors name the field, never the value: it may be patient data) ---------------
 
-_DA = re.compile(r"^\d{8}$")
-_TM = re.compile(r"^([01]\d|2[0-3])([0-5]\d([0-5]\d(\.\d{1,6})?)?)?$")  # PS3.5 6.2 TM
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")  # UT allows TAB LF FF CR ESC
 _MAX_REPORTED = 10
 _INT32_MAX = 2**31 - 1
 
 
+# The rules are those of shared/domain/validation.py, which the study-changed mapping applies
+# before anything is written: an event the builder would refuse is refused up front.
 def _check_string(problems: list[str], field: str, value: str, max_len: int) -> None:
     # LO/SH (PS3.5 6.2): single-valued, so no backslash; no control characters.
     if not isinstance(value, str):
         problems.append(f"{field} must be a string")
-    elif len(value) > max_len or "\\" in value or _CONTROL.search(value):
+    elif not is_valid_dicom_text(value, max_len):
         problems.append(f"{field} must be at most {max_len} characters, without backslash or control characters")
 
 
@@ -154,20 +154,12 @@ def _check_name(problems: list[str], field: str, value: str) -> None:
     if not isinstance(value, str):
         problems.append(f"{field} must be a string")
         return
-    groups = value.split("=")
-    if (len(groups) > 3 or "\\" in value or _CONTROL.search(value)
-            or any(len(g) > 64 or g.count("^") > 4 for g in groups)):
+    if not is_valid_person_name(value):
         problems.append(f"{field} is not a valid DICOM person name (PS3.5 6.2.1)")
 
 
 def _check_date(problems: list[str], field: str, value: str) -> None:
-    if value == "":
-        return
-    try:
-        ok = isinstance(value, str) and bool(_DA.match(value)) and bool(datetime.strptime(value, "%Y%m%d"))
-    except ValueError:
-        ok = False
-    if not ok:
+    if value != "" and not is_valid_date(value):
         problems.append(f"{field} must be a date YYYYMMDD or empty")
 
 
@@ -211,7 +203,7 @@ def _validate(
         problems.append("study.study_instance_uid is not a valid DICOM UID (PS3.5 9.1)")
     _check_string(problems, "study.accession_number", study.accession_number, 16)
     _check_date(problems, "study.study_date", study.study_date)
-    if study.study_time and not (isinstance(study.study_time, str) and _TM.match(study.study_time)):
+    if study.study_time and not is_valid_dicom_time(study.study_time):
         problems.append("study.study_time must be a time HHMMSS[.FFFFFF] or empty")
     _check_string(problems, "study.study_id", study.study_id, 16)
     _check_name(problems, "study.referring_physician_name", study.referring_physician_name)

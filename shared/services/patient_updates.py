@@ -31,6 +31,25 @@ def _ident(d: dict):
     return PatientIdentifier(d["id"], d.get("assigning_authority", ""), d.get("authority_oid", ""), d.get("type_code", "MR"))
 
 
+def adt_message(payload: dict, endpoint: Any, control_id: str) -> tuple[str, str]:
+    """(trigger event, ER7) for a patient-updated.v1 payload: A08 for demographics, A40 for an
+    identifier change or a merge. Raises ValueError naming the HL7 field (never the value)."""
+    from ..clock import parse_time
+    from ..hl7.adt import PatientDemographics, build_a08, build_a40
+
+    p = payload["patient"]
+    surviving = [_ident(i) for i in p["identifiers"]]
+    patient = PatientDemographics(tuple(surviving), p["family_name"], p.get("given_name", ""), p.get("middle_name", ""),
+                                  p.get("suffix", ""), p.get("prefix", ""), p.get("birth_date", ""), p.get("sex", ""))
+    now_event = parse_time(payload["event_time"])
+    if payload["change"] == "DEMOGRAPHICS":
+        return "A08", build_a08(patient, endpoint, control_id=control_id, now=now_event)
+    pr = payload["prior"]
+    prior = [_ident(i) for i in pr["identifiers"]]
+    prior_name = PatientDemographics(tuple(prior), pr["family_name"], pr.get("given_name", "")) if pr.get("family_name") else None
+    return "A40", build_a40(patient, prior, endpoint, control_id=control_id, now=now_event, prior_name=prior_name)
+
+
 class PatientUpdateService:
     def __init__(self, config: Any, jobs: Any, publisher: JobPublisher, clock: Clock, policy: TimeoutPolicy):
         self._config, self._jobs, self._publisher, self._clock, self._policy = config, jobs, publisher, clock, policy
@@ -73,25 +92,14 @@ class PatientUpdateService:
         return outcomes
 
     def _send(self, payload: dict, d: Destination, gw: Gateway, surviving: list, prior: list) -> AdtOutcome:
-        from ..clock import parse_time
-        from ..hl7.adt import Endpoint, PatientDemographics, build_a08, build_a40
+        from ..hl7.adt import Endpoint
 
         fg, p = payload["facility_group_id"], payload["patient"]
-        patient = PatientDemographics(tuple(surviving), p["family_name"], p.get("given_name", ""), p.get("middle_name", ""),
-                                      p.get("suffix", ""), p.get("prefix", ""), p.get("birth_date", ""), p.get("sex", ""))
         endpoint = Endpoint(receiving_application=d.hl7_receiving_application, receiving_facility=d.hl7_receiving_facility)
         jid = job_id(JobType.ADT, fg, payload["event_id"], d.id)
         control_id = hashlib.sha256(jid.encode()).hexdigest()[:20]  # MSH-10 is ST(20); stable across redeliveries
-        now_event = parse_time(payload["event_time"])
         try:
-            if payload["change"] == "DEMOGRAPHICS":
-                event, message = "A08", build_a08(patient, endpoint, control_id=control_id, now=now_event)
-            else:
-                pr = payload["prior"]
-                prior_name = PatientDemographics(tuple(prior), pr["family_name"], pr.get("given_name", "")) \
-                    if pr.get("family_name") else None
-                event, message = "A40", build_a40(patient, prior, endpoint, control_id=control_id, now=now_event,
-                                                  prior_name=prior_name)
+            event, message = adt_message(payload, endpoint, control_id)
         except ValueError as e:  # the builder names the field, never the value
             raise MalformedInput(f"patient-updated.v1: {e}") from None
         now = self._clock.now()

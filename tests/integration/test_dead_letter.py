@@ -33,6 +33,21 @@ def test_valid_event_through_the_entry_point_creates_the_job(app, stack):
     assert stack.pull("dead-letter-audit", wait=0.3) == []
 
 
+def test_a_study_storage_uri_without_its_slash_is_sent_as_the_study_folder(app, stack):
+    """Issue 11 item 2: …/1.2.3 would also list …/1.2.34/ (another patient's study). The job names
+    the folder …/1.2.3/ and is a valid job-message.v1."""
+    from shared import contracts
+
+    e = exam_event("COMPLETED")
+    e["exam"]["study_storage_uri"] = e["exam"]["study_storage_uri"].rstrip("/")
+    assert post(app, pubsub_envelope(e), stack).status_code == 200
+    [msg] = stack.pull(gateway("gw-1").subscription_id, expect=1)
+    body = json.loads(msg.data)
+    contracts.validate(contracts.JOB_MESSAGE, body)
+    assert body["study"]["storage_uri"] == e["exam"]["study_storage_uri"] + "/"
+    assert stack.pull("dead-letter-audit", wait=0.3) == []
+
+
 def _missing_exam_id():
     e = exam_event()
     del e["exam"]["exam_id"]
@@ -58,6 +73,12 @@ CASES = {
     "unknown version": (_bad(schema_version="2"), None, "schema_version"),
     "path in id": (_bad(facility_group_id="fg/../x"), None, "facility_group_id"),
     "extra field": (_bad(surprise=1), None, "unexpected property"),
+    # Issue 11 items 2 and 12.
+    "impossible time": (_bad(exam_status_first_reached_at="2026-02-30T00:00:00Z"), None,
+                        "exam/status_first_reached_at: is not a valid date-time"),
+    "bucket alone": (_bad(exam_study_storage_uri="gs://platform-studies"), None, "exam/study_storage_uri: fails 'pattern'"),
+    "empty folder": (_bad(exam_study_storage_uri="gs://platform-studies//1.2.3/"), None,
+                     "exam/study_storage_uri: fails 'pattern'"),
 }
 
 

@@ -19,8 +19,9 @@ from gateway_agent.config import parse
 from gateway_agent.dimse import CommitmentListener, CommitmentWaiter, Network
 from gateway_agent.fetch import ObjectFetcher
 from gateway_agent.jobs import JobRunner
-from gateway_agent.results import Outcome, ResultNotDelivered, ResultRefused
+from gateway_agent.results import Outcome, ResultNotDelivered, ResultRefused, result_body
 from shared.contracts import validate
+from shared.domain.errors import MalformedInput
 from tests.e2e.harness import FAKE_SA
 
 STUDY = "1.2.826.0.1.3680043.8.498.8001"
@@ -28,7 +29,8 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 
 
-def job(kind: str = "ARCHIVE", *, port: int, called: str = "ARCHIVE", uri: str = "", max_retries: int = 2, **kw) -> dict:
+def job(kind: str = "ARCHIVE", *, port: int, called: str = "ARCHIVE", uri: str = f"gs://studies/fg-1/{STUDY}/", max_retries: int = 2,
+        check: bool = True, **kw) -> dict:
     body = {
         "schema_version": "1", "job_id": f"{kind.lower()}-{'a' * 32}", "job_type": kind, "attempt": 1,
         "facility_group_id": "fg-1", "gateway_id": "gw-1", "queued_at": datetime.now(timezone.utc).isoformat(),
@@ -45,7 +47,8 @@ def job(kind: str = "ARCHIVE", *, port: int, called: str = "ARCHIVE", uri: str =
             body["destination"][k] = v
         else:
             body[k] = v
-    validate("job-message.v1", body)
+    if check:  # False: a message that breaks the contract, which the agent must refuse by itself
+        validate("job-message.v1", body)
     return body
 
 
@@ -89,13 +92,122 @@ def test_a_store_only_archive_gets_everything_and_refuses_commitment_clearly(wor
     world.archive.stop()
     store_only = EmbeddedArchive(query=False, commitment=False).start()
     try:
-        out = world.runner.run(job(port=store_only.port, uri=world.uri))
-        assert out.state == "COMPLETED" and out.counts["sent"] == 2
+        msg = job(port=store_only.port, uri=world.uri)
+        out = world.runner.run(msg)
+        assert out.state == "COMPLETED" and out.counts["sent"] == 2 and out.counts["cfind_fallback"] == 1
+        assert out.reason == (f"C-FIND failed (ARCHIVE@127.0.0.1:{store_only.port} accepted no Study Root "
+                              "Query/Retrieve context); sent every instance")
+        _checked_result(msg, out)
         assert store_only.study(STUDY) == {f.sop_instance_uid for f in files}
         out = world.runner.run(job(port=store_only.port, uri=world.uri, storage_commitment=True))
         assert out.state == "FAILED" and "does not accept Storage Commitment Push Model (not retried: permanent)" in out.reason
     finally:
         store_only.stop()
+
+
+def _checked_result(msg: dict, out: Outcome) -> dict:
+    """The result the agent would post, valid against contract job-result.v1."""
+    body = json.loads(result_body(msg, out.state, out.reason, out.counts))
+    validate("job-result.v1", body)
+    return body
+
+
+@pytest.mark.parametrize("mode,why", [
+    ("reject", "Association rejected by ARCHIVE@127.0.0.1"),
+    ("status", "SERIES C-FIND to ARCHIVE@127.0.0.1"),
+    ("timeout", "within the DIMSE timeout"),
+    ("abort", "the association was aborted"),
+])
+def test_any_c_find_failure_falls_back_to_sending_everything_and_says_so(world, mode, why):
+    """Seed 000 Troubleshooting: "C-FIND failed and no fallback push occurred". The archive holds
+    the study already; with C-FIND failing the agent cannot know that, so it sends every instance
+    (harmless for an archive) and the result says why in its counts and reason."""
+    files = world.study(3, series=2)
+    msg = job(port=world.archive.port, uri=world.uri)
+    assert world.runner.run(msg).counts["sent"] == 3
+    stores = world.archive.stores
+    world.archive.find_fails = mode
+    out = world.runner.run(msg)
+    assert out.state == "COMPLETED"
+    assert out.counts == {"total": 3, "sent": 3, "already_present": 0, "excluded": 0, "failed": 0, "cfind_fallback": 1}
+    assert out.reason.startswith("C-FIND failed (") and out.reason.endswith("); sent every instance")
+    assert why in out.reason
+    if mode == "status":
+        assert "0xC000" in out.reason
+    assert world.archive.stores == stores + 3 and world.archive.study(STUDY) == {f.sop_instance_uid for f in files}
+    assert world.sleeps == []
+    assert _checked_result(msg, out)["counts"]["cfind_fallback"] == 1
+
+
+def test_an_unreachable_archive_is_not_a_c_find_fallback(world):
+    """No TCP connection at all: no C-STORE can work either, so the attempt fails and is retried
+    (the seed's retry policy) instead of being reported as a C-FIND fallback."""
+    world.study(1)
+    port = world.archive.port
+    world.archive.stop()
+    out = world.runner.run(job(port=port, uri=world.uri, max_retries=0))
+    assert out.state == "FAILED" and out.reason.startswith("Cannot connect to ARCHIVE@127.0.0.1")
+    assert "C-FIND" not in out.reason and "cfind_fallback" not in (out.counts or {})
+
+
+# -- only the job's own study reaches the archive (ARCHITECTURE rule 9) -------------------------
+
+SIBLING = STUDY + "4"  # 1.2.…8001 is a string prefix of 1.2.…80014
+
+
+@pytest.fixture
+def sibling(world):
+    """Another patient's study stored beside the job's: gs://…/fg-1/<STUDY>4/."""
+    other = make_study(SIBLING, 2, patient_id="OTHER-PATIENT")
+    upload(world.stack.gcs, world.uri[:-1] + "4/", other)
+    return other
+
+
+@pytest.mark.parametrize("uri", ["{bucket}", "{bucket}/", "{bucket}/fg-1/{study}", "{bucket}/fg-1//{study}/",
+                                 "{bucket}//"])
+def test_a_study_prefix_must_end_in_a_slash_and_name_a_folder(world, sibling, uri):
+    """A bare bucket lists every study; …/1.2.3 without its '/' also lists …/1.2.34/. Both used to
+    send another patient's images. The agent refuses them itself (the contract refuses them too)."""
+    world.study(2)
+    bucket = world.uri[:world.uri.index("/fg-1/")]
+    bad = uri.format(bucket=bucket, study=STUDY)
+    with pytest.raises(MalformedInput, match="study/storage_uri"):
+        job(port=world.archive.port, uri=bad)  # not a job-message.v1
+    out = world.runner.run(job(port=world.archive.port, uri=bad, check=False))
+    assert out.state == "FAILED"
+    assert out.reason == f"{bad}: not a study prefix (gs://<bucket>/<study prefix>/, ending in '/') (not retried: permanent)"
+    assert world.archive.stores == 0 and world.sleeps == []
+
+
+def test_the_study_prefix_sends_only_its_own_study_beside_a_sibling(world, sibling):
+    files = world.study(2)
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri))
+    assert out.state == "COMPLETED" and out.counts["total"] == 2
+    assert world.archive.study(STUDY) == {f.sop_instance_uid for f in files}
+    assert world.archive.study(SIBLING) == set() and world.archive.stores == 2
+
+
+@pytest.mark.parametrize("kind", ["ARCHIVE", "DICOM"])
+def test_a_file_of_another_study_inside_the_prefix_fails_the_job_and_nothing_is_sent(world, kind):
+    files = world.study(3)
+    stray = make_study(SIBLING, 1, patient_id="OTHER-PATIENT")
+    upload(world.stack.gcs, world.uri + "misfiled/", stray)
+    listed = {"instances": [f.ref() for f in files]} if kind == "DICOM" else {}
+    out = world.runner.run(job(kind, port=world.archive.port, uri=world.uri, **listed))
+    assert out.state == "FAILED"
+    assert out.reason == (f"1 of 4 files under {world.uri} belong to another study; nothing was sent "
+                          "(not retried: permanent)")
+    assert "OTHER-PATIENT" not in out.reason and "SYNTHETIC" not in out.reason
+    assert world.archive.stores == 0 and world.archive.instances == {} and world.sleeps == []
+
+
+def test_a_rejection_note_of_another_study_is_not_sent(world):
+    note = make_study(SIBLING, 1, start=90)[0]
+    world.stack.gcs.bucket(world.stack.objects_bucket).blob("gateways/gw-1/iocm/other.dcm").upload_from_string(note.data)
+    uri = f"gs://{world.stack.objects_bucket}/gateways/gw-1/iocm/other.dcm"
+    out = world.runner.run(job("IOCM", port=world.archive.port, uri=world.uri, object_uri=uri))
+    assert out.state == "FAILED" and out.reason.startswith(f"1 of 1 files under {uri} belong to another study")
+    assert world.archive.stores == 0
 
 
 def test_excluded_sop_classes_are_not_sent(world):

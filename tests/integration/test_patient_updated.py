@@ -115,6 +115,17 @@ def test_redelivery_sends_one_message(world):
     (event(facility="fac-zz"), "unknown facility"),
     ({**event(), "exam_ids": []}, "exam_ids"),
     (event(sex="X"), "sex"),
+    # Issue 11 item 12: values the ADT builder refuses are refused before anything is read, with
+    # the field named; an impossible event_time used to raise a 500 on every delivery.
+    ({**event(), "event_time": "2026-02-30T00:00:00Z"}, "event_time: is not a valid date-time"),
+    (event(birth_date="20241399"), "patient/birth_date: must be a real date YYYYMMDD"),
+    (event(identifiers=[{"id": "MRN-777", "authority_oid": "HOSP"}]), "patient/identifiers/0/authority_oid: fails"),
+    (event(identifiers=[{"id": "MRN-777", "assigning_authority": "HOSPITAL-OF-THE-NORTH-EAST"}]),
+     "patient/identifiers/0/assigning_authority: must be at most 20 characters"),
+    (event(identifiers=[{"id": "MRN-777", "type_code": "mr"}]), "patient/identifiers/0/type_code"),
+    (event(given_name="JA\nNE"), "patient/given_name: must not hold control characters"),
+    (event("MERGE", prior={**PRIOR, "identifiers": [{"id": "MRN-111", "assigning_authority": "OTHER"}]}),
+     "prior/identifiers/0: must have the assigning authority and identifier type of a surviving identifier"),
 ])
 def test_bad_patient_events_are_dead_lettered(world, function_env, payload, reason):
     from tests.support import cloud_event_headers, load_app, pubsub_envelope
@@ -126,4 +137,22 @@ def test_bad_patient_events_are_dead_lettered(world, function_env, payload, reas
     assert r.status_code == 200
     [dl] = world.pull("dead-letter-audit", expect=1)
     assert reason in dl.attributes["reason"] and "MRN-777" not in dl.attributes["reason"]
+    assert "HOSPITAL-OF" not in dl.attributes["reason"] and "20241399" not in dl.attributes["reason"]
+    assert sent(world) == []
+
+
+@pytest.mark.parametrize("patient,reason", [
+    ({"birth_date": "20241399"}, "patient/birth_date"),
+    ({"identifiers": [{"id": "MRN-777", "authority_oid": "1.02.3"}]}, "patient/identifiers/0/authority_oid"),
+])
+def test_a_bad_patient_event_is_dead_lettered_even_where_no_adt_would_be_sent(world, function_env, patient, reason):
+    """Validated before the facility and the destinations are read: the answer does not depend on
+    the group's configuration (which used to let the same event pass here and fail there)."""
+    from tests.support import cloud_event_headers, load_app, pubsub_envelope
+
+    r = load_app("on_patient_updated").post("/", data=json.dumps(pubsub_envelope(event(facility="fac-off", **patient))),
+                                            headers=cloud_event_headers("archsync-patient-updated", world.project))
+    assert r.status_code == 200
+    [dl] = world.pull("dead-letter-audit", expect=1)
+    assert reason in dl.attributes["reason"]
     assert sent(world) == []

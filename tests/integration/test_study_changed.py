@@ -249,6 +249,18 @@ def test_held_note_is_not_published_by_the_outbox_sweep_nor_timed_out(world):
     (lambda e: e.update(change="STUDY_MERGED", target={**SPLIT_TARGET, "instances": SPLIT_TARGET["instances"][:1]}),
      "one copy per moved instance"),
     (lambda e: e.update(change="STUDY_SPLIT", target={**SPLIT_TARGET, "study_instance_uid": STUDY_UID}), "original study"),
+    # Issue 11 item 12: schema-valid values the rejection note builder refuses; each used to fail
+    # after reads, be retried 10 times and be dead-lettered without a reason.
+    (lambda e: e["patient"].update(birth_date="20241399"), "patient/birth_date: must be a real date YYYYMMDD"),
+    (lambda e: e["patient"].update(issuer_oid="HOSP"), "patient/issuer_oid: fails 'pattern'"),
+    (lambda e: e["patient"].update(name="DOE^JANE^Q^DR^JR^X"), "patient/name: must be a DICOM person name"),
+    (lambda e: e["patient"].update(name="\ud800"), "patient/name: must be a DICOM person name"),
+    (lambda e: e["study"].update(study_time="250000"), "study/study_time: must be a time"),
+    (lambda e: e.update(event_time="2026-02-30T00:00:00Z"), "event_time: is not a valid date-time"),
+    # Issue 11 item 2: a bucket alone is no study folder.
+    (lambda e: e["study"].update(storage_uri="gs://platform-studies"), "study/storage_uri: fails 'pattern'"),
+    (lambda e: e.update(change="STUDY_SPLIT", target={**SPLIT_TARGET, "storage_uri": "gs://platform-studies/"}),
+     "target/storage_uri: fails 'pattern'"),
 ])
 def test_bad_study_events_are_dead_lettered_and_nothing_is_sent(world, function_env, mutate, reason):
     from tests.support import cloud_event_headers, load_app, pubsub_envelope
@@ -262,8 +274,24 @@ def test_bad_study_events_are_dead_lettered_and_nothing_is_sent(world, function_
     assert r.status_code == 200
     [dl] = world.pull("dead-letter-audit", expect=1)
     assert reason in dl.attributes["reason"] and "MRN-777" not in dl.attributes["reason"]
+    assert "DOE" not in dl.attributes["reason"] and "20241399" not in dl.attributes["reason"]
     assert jobs(world) == [] and messages(world) == []
     assert list(world.gcs.list_blobs(world.objects_bucket)) == []
+
+
+def test_a_study_storage_uri_without_its_slash_is_pushed_as_the_study_folder(world):
+    """Issue 11 item 2: gs://…/study would also list gs://…/study2/ (another patient): the job
+    message names the folder, gs://…/study/, and is a valid job-message.v1."""
+    from shared import contracts
+
+    world.store.save_destination(destination("plain", support_iocm=False))
+    set_state(world, "plain", "ARCHIVED")
+    e = event("INSTANCES_ADDED", [inst(5)])
+    e["study"]["storage_uri"] = "gs://platform-studies/fg-1/study"
+    handle(world, e)
+    [msg] = messages(world, expect=1)
+    contracts.validate(contracts.JOB_MESSAGE, msg)
+    assert msg["study"]["storage_uri"] == "gs://platform-studies/fg-1/study/"
 
 
 def test_entry_point_valid_event(world, function_env):

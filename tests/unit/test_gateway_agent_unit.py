@@ -116,3 +116,21 @@ def test_agent_imports_from_its_own_directory_alone(tmp_path):
     code = ("import sys, gateway_agent.agent, gateway_agent.__main__; "
             "assert not any(m == 'shared' or m.startswith('shared.') for m in sys.modules), 'imports shared'")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, check=True)
+
+
+@pytest.mark.parametrize("uri", ["gs://studies", "gs://studies/", "gs://studies/fg-1/1.2.3", "gs://studies//",
+                                 "gs://studies/fg-1//1.2.3/", "gs:///fg-1/1.2.3/", "s3://studies/fg-1/1.2.3/", ""])
+def test_a_study_storage_uri_must_be_a_study_folder(uri):
+    """ARCHITECTURE rule 9: a bare bucket lists every study, a prefix without its '/' also lists a
+    sibling study (…/1.2.3 matches …/1.2.34/). The agent refuses both, permanently."""
+    from gateway_agent.fetch import FetchError, study_prefix
+
+    with pytest.raises(FetchError) as e:
+        study_prefix(uri)
+    assert not e.value.retryable
+
+
+def test_a_study_folder_is_split_into_bucket_and_prefix():
+    from gateway_agent.fetch import study_prefix
+
+    assert study_prefix("gs://studies/fg-1/1.2.3/") == ("studies", "fg-1/1.2.3/")

@@ -57,7 +57,7 @@ def test_job_message_validates():
     job = Job(id="archive-" + "b" * 32, facility_group_id="fg-1", type=JobType.ARCHIVE, state=JobState.QUEUED,
               destination_id="dst-1", destination_name="VNA", gateway_id="gw-1", exam_id="exam-1", accession_number="A",
               mrn="M", patient_name="P", study_instance_uid="1.2.3", facility_id="fac-a", queued_at=T0,
-              deadline=T0 + timedelta(hours=1), study_storage_uri="gs://b/s/")
+              deadline=T0 + timedelta(hours=1), study_storage_uri="gs://studies/fg-1/1.2.3/")
     data, attrs = job_message(job, destination(moving_ae_title="MOVE", excluded_sop_class_uids=("1.2.840.10008.5.1.4.1.1.104.1",)))
     contracts.validate(contracts.JOB_MESSAGE, json.loads(data))
     assert attrs["job_type"] == "ARCHIVE" and attrs["attempt"] == "1"
