@@ -124,11 +124,12 @@ def test_a_30_minute_result_endpoint_outage_loses_no_job_and_burns_no_delivery(w
     job = e2e.wait_job("ARCHIVE", {"COMPLETED", "FAILED"}, timeout=120)
     assert job["state"] == "COMPLETED", job.get("failure_reason")
     assert e2e.archive_state("exam-1") == "ARCHIVED"
-    # The final result was refused throughout the outage, in both ways, and held meanwhile.
-    assert {("503", "COMPLETED"), ("drop", "COMPLETED")} <= set(proxy.refused)
     # One delivery: the message stayed leased while the agent backed off (nothing was nacked),
     # far below the subscription's max_delivery_attempts; the DICOM work was done once.
+    assert len(deliveries) == 1, f"the job message was delivered {len(deliveries)} times"
     assert deliveries == [1], deliveries
+    # The final result was refused throughout the outage, in both ways, and held meanwhile.
+    assert {("503", "COMPLETED"), ("drop", "COMPLETED")} <= set(proxy.refused)
     assert ProvisioningSettings(objects_bucket="x").max_delivery_attempts > max(deliveries)
     assert archive.study(STUDY) == {f.sop_instance_uid for f in files} and archive.stores == len(files)
     assert e2e.stack.pull("gateway-dead-letter-audit", wait=3.0) == []
