@@ -170,8 +170,9 @@ class VaultSecrets:
         return decode_result_keys(data) if data is not None else None
 
     def result_key(self, facility_group_id: str, gateway_id: str, *, fresh: bool = False) -> Optional[bytes]:
-        """The current key only (what the key download returns)."""
-        keys = self.result_keys(facility_group_id, gateway_id, fresh=fresh)
+        """The current key only (what the key download returns); ``fresh``: read now, uncached."""
+        data = self.vault.get(result_key_object(facility_group_id, gateway_id), fresh=fresh)
+        keys = decode_result_keys(data) if data is not None else None
         return keys.current if keys else None
 
     def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None:
