@@ -5,7 +5,14 @@ Acknowledgement rule (issue 6, ARCHITECTURE.md rule 2): a job message is acked o
 result was accepted by the Result Endpoint, so a crash or an unreachable endpoint means redelivery,
 never loss. Redoing a job is cheap and harmless: the C-FIND skips what the archive already holds,
 and the cloud ignores results for attempts it has moved past. A message that is not a job is
-nacked until the subscription's dead-letter policy moves it to the gateway dead-letter topic."""
+nacked until the subscription's dead-letter policy moves it to the gateway dead-letter topic.
+
+Result Endpoint outages (issue 11 item 5): a final result that cannot be posted is re-posted with
+capped exponential backoff for up to ``result_retry.max_seconds`` (45 min by default) while the
+message stays leased (the streaming pull extends its ack deadline), so an outage does not burn
+deliveries. Only then is the message nacked; its redelivery re-posts the remembered outcome
+without redoing the DICOM work. A progress report (IN_PROGRESS) that cannot be posted does not
+stop the job."""
 from __future__ import annotations
 
 import json
@@ -28,17 +35,25 @@ REQUIRED = ("job_id", "job_type", "attempt", "facility_group_id", "gateway_id", 
 
 
 class _Recent:
-    """(job id, attempt) keys handled lately: a redelivered message is acked without redoing it."""
+    """(job id, attempt) keys handled lately, each with an optional value (bounded, oldest first out)."""
 
     def __init__(self, size: int = 10_000):
         self._keys: OrderedDict = OrderedDict()
         self._size, self._lock = size, threading.Lock()
 
-    def add(self, key) -> None:
+    def add(self, key, value=None) -> None:
         with self._lock:
-            self._keys[key] = None
+            self._keys[key] = value
             while len(self._keys) > self._size:
                 self._keys.popitem(last=False)
+
+    def get(self, key):
+        with self._lock:
+            return self._keys.get(key)
+
+    def discard(self, key) -> None:
+        with self._lock:
+            self._keys.pop(key, None)
 
     def __contains__(self, key) -> bool:
         with self._lock:
@@ -54,9 +69,13 @@ class Agent:
         self._net = network or Network(cfg.dimse_timeout_seconds, cfg.network_timeout_seconds)
         self.waiter = CommitmentWaiter()
         self._runner_factory = runner_factory or self._runner
+        self._stopping = threading.Event()
         self._reporter_factory = reporter_factory or (
-            lambda d: ResultReporter(d.result_endpoint_url, d.result_endpoint_secure_key, timeout=cfg.network_timeout_seconds))
-        self._done, self._running, self._lock = _Recent(), set(), threading.Lock()
+            lambda d: ResultReporter(d.result_endpoint_url, d.result_endpoint_secure_key, timeout=cfg.network_timeout_seconds,
+                                     retry=cfg.result_retry, stop=self._stopping))
+        # _done: settled (acked) jobs; _finished: jobs whose DICOM work is done but whose final
+        # result has not been accepted yet (its Outcome), so a redelivery only re-posts it.
+        self._done, self._finished, self._running, self._lock = _Recent(), _Recent(), set(), threading.Lock()
         self._futures: list = []
         self._listener: Optional[CommitmentListener] = None
         self._subscriber: Any = None
@@ -68,17 +87,21 @@ class Agent:
                          hl7_timeout=self.cfg.hl7_timeout_seconds, work_dir=self.cfg.work_dir)
 
     # -- one message ------------------------------------------------------------------------
-    def handle(self, delivery: JobDelivery, runner: JobRunner, reporter: ResultReporter, data: bytes) -> str:
+    def handle(self, delivery: JobDelivery, runner: JobRunner, reporter: ResultReporter, data: bytes,
+               delivery_attempt: Optional[int] = None) -> str:
         """Do the job in ``data``; returns "ack", "nack" or "hold" (a duplicate of a running job:
-        neither, so its lease lapses and it comes back once the first copy has settled)."""
+        neither, so its lease lapses and it comes back once the first copy has settled).
+        ``delivery_attempt``: Pub/Sub's count for this message (logged)."""
         try:
             job = json.loads(data)
             if not isinstance(job, dict) or any(k not in job for k in REQUIRED):
                 raise ValueError
         except ValueError:
-            log.error("not a job message; leaving it for the dead-letter topic", extra={"delivery": delivery.name})
+            log.error("not a job message; leaving it for the dead-letter topic",
+                      extra={"delivery": delivery.name, "delivery_attempt": delivery_attempt})
             return "nack"
-        key, ids = (job["job_id"], job["attempt"]), {"job_id": job["job_id"], "attempt": job["attempt"]}
+        key = (job["job_id"], job["attempt"])
+        ids = {"job_id": job["job_id"], "attempt": job["attempt"], "delivery_attempt": delivery_attempt}
         if key in self._done:
             return "ack"
         with self._lock:
@@ -86,39 +109,54 @@ class Agent:
                 return "hold"
             self._running.add(key)
         try:
-            try:
-                deadline = datetime.fromisoformat(job["result_deadline"])
-            except (TypeError, ValueError):
-                log.error("job message with an unreadable result deadline", extra=ids)
-                return "nack"
-            if deadline <= self._now():
-                # The cloud has already closed this attempt (archive state UNKNOWN); a manual retry
-                # sends a new attempt.
-                log.warning("job attempt expired before it was started; skipped", extra=ids)
-                self._done.add(key)
-                return "ack"
-            try:
-                reporter.post(job, "IN_PROGRESS")
+            outcome = self._finished.get(key)
+            if outcome is None:
+                try:
+                    deadline = datetime.fromisoformat(job["result_deadline"])
+                except (TypeError, ValueError):
+                    log.error("job message with an unreadable result deadline", extra=ids)
+                    return "nack"
+                if deadline <= self._now():
+                    # The cloud has already closed this attempt (archive state UNKNOWN); a manual retry
+                    # sends a new attempt.
+                    log.warning("job attempt expired before it was started; skipped", extra=ids)
+                    self._done.add(key)
+                    return "ack"
+                try:
+                    reporter.post(job, "IN_PROGRESS")
+                except ResultNotDelivered as e:
+                    # Progress only restarts the cloud's timeout window: the work and its final
+                    # result are what matter, so an unavailable endpoint does not stop the job.
+                    log.warning("IN_PROGRESS not delivered; doing the job anyway", extra={**ids, "why": str(e)})
                 log.info("job started", extra={**ids, "job_type": job["job_type"], "destination_id": job["destination"].get("id")})
                 outcome = runner.run(job)
-                accepted = reporter.post(job, outcome.state, outcome.reason, outcome.counts)
-            except ResultRefused as e:
-                log.error("result refused; dropping the job message", extra={**ids, "why": str(e)})
-                self._done.add(key)
-                return "ack"
-            except ResultNotDelivered as e:
-                log.error("result not delivered; the job message will be redelivered", extra={**ids, "why": str(e)})
-                return "nack"
+                self._finished.add(key, outcome)
+            else:
+                # Redelivered after its result could not be posted: never redo the DICOM work.
+                log.info("job already done; posting its result again", extra={**ids, "state": outcome.state})
+            accepted = reporter.post(job, outcome.state, outcome.reason, outcome.counts, patient=True)
             log.info("job finished", extra={**ids, "state": outcome.state, "outcome": accepted, "counts": outcome.counts})
-            self._done.add(key)
+            self._settled(key)
             self.handled += 1
             return "ack"
+        except ResultRefused as e:
+            log.error("result refused; dropping the job message", extra={**ids, "why": str(e)})
+            self._settled(key)
+            return "ack"
+        except ResultNotDelivered as e:
+            log.error("result not delivered; the job message will be redelivered and its result posted again",
+                      extra={**ids, "why": str(e)})
+            return "nack"
         except Exception as e:  # a bug must not lose the job: leave it for redelivery
             log.exception("job failed unexpectedly; the job message will be redelivered", extra={**ids, "why": type(e).__name__})
             return "nack"
         finally:
             with self._lock:
                 self._running.discard(key)
+
+    def _settled(self, key) -> None:
+        self._done.add(key)
+        self._finished.discard(key)
 
     # -- Pub/Sub ----------------------------------------------------------------------------
     def _subscriber_client(self, d: JobDelivery):
@@ -148,13 +186,17 @@ class Agent:
             pool = ThreadPoolExecutor(max_workers=self.cfg.max_concurrent_jobs, thread_name_prefix=f"job-{d.name[:10]}")
 
             def callback(message, d=d, runner=runner, reporter=reporter) -> None:
-                verdict = self.handle(d, runner, reporter, message.data)
+                # While this runs the message stays leased: the client extends its ack deadline
+                # (up to max_lease_duration), so a long job or a held result burns no delivery.
+                verdict = self.handle(d, runner, reporter, message.data, delivery_attempt=message.delivery_attempt)
                 if verdict == "ack":
                     message.ack()
                 elif verdict == "nack":
                     message.nack()
 
-            flow = FlowControl(max_messages=self.cfg.max_outstanding_messages, max_lease_duration=4 * 3600)
+            # 4 h for the job itself plus the time its final result may be held (result_retry).
+            flow = FlowControl(max_messages=self.cfg.max_outstanding_messages,
+                               max_lease_duration=4 * 3600 + self.cfg.result_retry.max_seconds)
             future = subscriber.subscribe(d.subscription_path, callback, flow_control=flow,
                                           scheduler=ThreadScheduler(executor=pool), await_callbacks_on_shutdown=True)
             self._futures.append((subscriber, future))
@@ -166,6 +208,7 @@ class Agent:
             future.result(timeout=timeout)
 
     def stop(self) -> None:
+        self._stopping.set()  # ends every wait for the Result Endpoint: those messages are nacked
         for subscriber, future in self._futures:
             future.cancel()
             try:

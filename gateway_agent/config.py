@@ -12,7 +12,8 @@ agent with safe defaults (see docs/gateway-agent.md)::
         "service_account_json": {... or the JSON text ...}, "active": true
       }],
       "max_concurrent_jobs": 4,
-      "storage_commitment": {"ae_title": "GW_SCU", "host": "0.0.0.0", "port": 11113, "timeout_seconds": 60}
+      "storage_commitment": {"ae_title": "GW_SCU", "host": "0.0.0.0", "port": 11113, "timeout_seconds": 60},
+      "result_retry": {"initial_seconds": 1, "max_interval_seconds": 60, "max_seconds": 2700}
     }
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
+
+from .results import RetryPolicy
 
 SEED_FIELDS = ("name", "project_id", "subscription_id", "result_endpoint_url", "result_endpoint_secure_key",
                "service_account_json", "active")
@@ -69,6 +72,8 @@ class AgentConfig:
     hl7_timeout_seconds: float = 10.0
     work_dir: Optional[str] = None  # where study files are spooled; the system temp dir by default
     storage_commitment: CommitmentListener = CommitmentListener()
+    # Re-posting a final result while the Result Endpoint is unavailable (the message stays leased).
+    result_retry: RetryPolicy = RetryPolicy()
 
     @property
     def active_deliveries(self) -> tuple[JobDelivery, ...]:
@@ -141,6 +146,18 @@ def parse(raw: Any) -> AgentConfig:
             errors["storage_commitment.ae_title"] = "must be 1-16 characters without spaces or backslash"
         sc = CommitmentListener(ae_title=ae if isinstance(ae, str) else sc.ae_title, host=str(sc_raw.get("host", sc.host)),
                                 port=port, timeout_seconds=_positive(sc_raw, "timeout_seconds", sc.timeout_seconds, errors))
+    rr_raw = raw.get("result_retry", {})
+    rr = RetryPolicy()
+    if not isinstance(rr_raw, dict):
+        errors["result_retry"] = "must be an object"
+    else:
+        unknown = sorted(set(rr_raw) - {"initial_seconds", "max_interval_seconds", "max_seconds"})
+        if unknown:
+            errors["result_retry"] = f"unknown fields {unknown}"
+        rr_errors: dict[str, str] = {}
+        rr = RetryPolicy(*(_positive(rr_raw, k, getattr(rr, k), rr_errors)
+                           for k in ("initial_seconds", "max_interval_seconds", "max_seconds")))
+        errors.update({f"result_retry.{k}": v for k, v in rr_errors.items()})
     cfg = AgentConfig(
         deliveries=tuple(deliveries),
         max_concurrent_jobs=_positive(raw, "max_concurrent_jobs", 4, errors, int),
@@ -150,6 +167,7 @@ def parse(raw: Any) -> AgentConfig:
         hl7_timeout_seconds=_positive(raw, "hl7_timeout_seconds", 10.0, errors),
         work_dir=raw.get("work_dir"),
         storage_commitment=sc,
+        result_retry=rr,
     )
     if errors:
         raise ConfigError("; ".join(f"{k}: {v}" for k, v in sorted(errors.items())))

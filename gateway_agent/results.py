@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -57,35 +60,80 @@ def result_body(job: dict, state: str, reason: Optional[str] = None, counts: Opt
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a final result is re-posted while the Result Endpoint is unavailable (issue 11 item 5):
+    capped exponential backoff with jitter, for up to ``max_seconds`` in all. The default outlasts
+    a 30-minute outage with a 15-minute margin; meanwhile the job message stays leased."""
+
+    initial_seconds: float = 1.0
+    max_interval_seconds: float = 60.0
+    max_seconds: float = 45 * 60.0
+
+    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+        """The wait before re-post number ``retry`` (1, 2, ...): half fixed, half random, so gateways
+        that lost the endpoint together do not all come back in the same second."""
+        cap = min(self.max_interval_seconds, self.initial_seconds * 2 ** min(retry - 1, 32))
+        return cap / 2 + rand() * cap / 2
+
+
 class ResultReporter:
-    def __init__(self, url: str, key: str, timeout: float = 10.0, attempts: int = 5, backoff: float = 0.5,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, url: str, key: str, timeout: float = 10.0, attempts: int = 3, backoff: float = 0.5,
+                 retry: RetryPolicy = RetryPolicy(), sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic, stop: Optional[threading.Event] = None,
+                 rand: Callable[[], float] = random.random):
+        """``attempts``/``backoff``: the quick tries of a progress report. ``retry``: the patient
+        re-posting of a final result. ``stop``: set when the agent shuts down (ends any wait)."""
         self._url, self._key, self._timeout = url, key, timeout
         self._attempts, self._backoff, self._sleep = attempts, backoff, sleep
+        self._retry, self._monotonic, self._stop, self._rand = retry, monotonic, stop, rand
 
-    def post(self, job: dict, state: str, reason: Optional[str] = None, counts: Optional[dict] = None) -> str:
+    def post(self, job: dict, state: str, reason: Optional[str] = None, counts: Optional[dict] = None, *,
+             patient: bool = False) -> str:
         """Post one result; returns the endpoint's outcome (applied, duplicate, stale, ...).
         Raises ResultRefused when it can never be accepted, ResultNotDelivered when it could not
-        be delivered now (the caller leaves the message unacknowledged)."""
+        be delivered now (the caller leaves the message unacknowledged). ``patient``: keep trying
+        for up to ``retry.max_seconds`` (a final result), instead of a few quick tries."""
         body = result_body(job, state, reason, counts)
-        last = ""
-        for attempt in range(self._attempts):
-            if attempt:
-                self._sleep(self._backoff * 2 ** (attempt - 1))
-            headers = sign_headers(self._key, job["facility_group_id"], job["gateway_id"], body, int(time.time()))
-            req = urllib.request.Request(self._url, data=body, method="POST", headers=headers)
-            try:
-                with urllib.request.urlopen(req, timeout=self._timeout) as resp:
-                    try:
-                        return json.loads(resp.read() or b"{}").get("outcome", "applied")
-                    except ValueError:
-                        return "applied"
-            except urllib.error.HTTPError as e:
-                if e.code in _FINAL_REFUSALS:
-                    raise ResultRefused(f"result endpoint refused {state} for {job['job_id']}: HTTP {e.code}") from None
-                # 401: wrong key or clock skew, fixable on site; 5xx/429: the endpoint will recover.
-                last = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = type(getattr(e, "reason", e)).__name__
-            log.warning("result not delivered; retrying", extra={"job_id": job["job_id"], "state": state, "why": last})
-        raise ResultNotDelivered(f"result endpoint unreachable for {job['job_id']} ({last})")
+        started, last, n = self._monotonic(), "", 0
+        while True:
+            n += 1
+            outcome, last = self._try(job, state, body)
+            if outcome is not None:
+                if n > 1:
+                    log.info("result delivered after retries", extra={"job_id": job["job_id"], "state": state, "tries": n})
+                return outcome
+            if patient:
+                left = self._retry.max_seconds - (self._monotonic() - started)
+                wait = min(self._retry.delay(n, self._rand), left)
+            else:
+                left, wait = float(self._attempts - n), self._backoff * 2 ** (n - 1)
+            if left <= 0:
+                raise ResultNotDelivered(f"result endpoint unavailable for {job['job_id']} ({last}, {n} tries)")
+            log.warning("result not delivered; retrying", extra={"job_id": job["job_id"], "state": state, "why": last,
+                                                                 "try": n, "retry_in_seconds": round(wait, 1)})
+            self._wait(wait)
+
+    def _wait(self, seconds: float) -> None:
+        if self._stop is None:
+            self._sleep(seconds)
+        elif self._stop.wait(seconds):
+            raise ResultNotDelivered("agent stopping")
+
+    def _try(self, job: dict, state: str, body: bytes) -> tuple[Optional[str], str]:
+        """One POST: (the endpoint's outcome, "") or (None, why it failed for now)."""
+        headers = sign_headers(self._key, job["facility_group_id"], job["gateway_id"], body, int(time.time()))
+        req = urllib.request.Request(self._url, data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self._timeout) as resp:
+                try:
+                    return json.loads(resp.read() or b"{}").get("outcome", "applied"), ""
+                except ValueError:
+                    return "applied", ""
+        except urllib.error.HTTPError as e:
+            if e.code in _FINAL_REFUSALS:
+                raise ResultRefused(f"result endpoint refused {state} for {job['job_id']}: HTTP {e.code}") from None
+            # 401: wrong key or clock skew, fixable on site; 5xx/429: the endpoint will recover.
+            return None, f"HTTP {e.code}"
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+            return None, type(getattr(e, "reason", e)).__name__

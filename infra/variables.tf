@@ -128,6 +128,12 @@ variable "provisioning_lease_seconds" {
   default     = 300
 }
 
+variable "result_key_grace_seconds" {
+  description = "ARCHSYNC_RESULT_KEY_GRACE_SECONDS: after a Result Endpoint key rotation, how long the previous key still verifies (both keys are accepted meanwhile)."
+  type        = number
+  default     = 86400
+}
+
 variable "admin_invoker_members" {
   description = "IAM members allowed to invoke the admin_api function. Callers are authenticated by the end user's JWT, verified in the function, so the default is [\"allUsers\"]; a deployment behind an API gateway should set the gateway's service account instead (\"serviceAccount:...\")."
   type        = list(string)

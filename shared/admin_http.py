@@ -52,7 +52,7 @@ ROUTES: list[tuple[re.Pattern, dict[str, Handler]]] = [
         "GET": lambda s, c, a, b, q: _download(s.result_endpoint_key(c, *a), f"{a[1]}-result-endpoint-key.txt", "text/plain"),
     }),
     (re.compile(_BASE + rf"/gateways/{_ID}/result-endpoint-key/rotate$"), {
-        "POST": lambda s, c, a, b, q: (s.rotate_result_endpoint_key(c, *a), _no_content())[1],
+        "POST": lambda s, c, a, b, q: (s.rotate_result_endpoint_key(c, *a, q.get("grace_seconds")), _no_content())[1],
     }),
     (re.compile(_BASE + r"/destinations$"), {
         "GET": lambda s, c, a, b, q: _ok({"destinations": s.list_destinations(c, *a)}),

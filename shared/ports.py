@@ -6,6 +6,7 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 from .domain.jobs import Transition
 from .domain.models import ArchiveState, Destination, Facility, FacilityGroup, Gateway, Job
+from .signing import ResultKeys
 
 
 class Clock(Protocol):
@@ -52,8 +53,9 @@ class JobStore(Protocol):
 class SecretStore(Protocol):
     """Per-gateway Result Endpoint secure keys. Never logged, never returned by the admin API."""
 
-    def result_key(self, facility_group_id: str, gateway_id: str, *, fresh: bool = False) -> Optional[bytes]:
-        """The key; may be cached briefly unless ``fresh``."""
+    def result_keys(self, facility_group_id: str, gateway_id: str, *, fresh: bool = False) -> Optional[ResultKeys]:
+        """The current key and, during a rotation's grace period, the previous one; None for an
+        unknown gateway. May be cached briefly; ``fresh`` asks for a recent read (rate-limited)."""
         ...
     def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None: ...
 

@@ -23,6 +23,9 @@ class Settings:
     gateway_dead_letter_topic: str = "archsync-gateway-dead-letter"
     pubsub_service_agent: str = ""  # service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com
     provisioning_lease_seconds: int = 300
+    # After a Result Endpoint key rotation the previous key keeps verifying this long, so gateways
+    # can be switched to the new key without losing results (issue 11 item 5; docs/admin-api.md).
+    result_key_grace_seconds: int = 24 * 3600
     admin_jwt_public_keys: tuple[str, ...] = ()
     admin_jwt_audience: str = ""
     admin_jwt_issuer: str = ""
@@ -58,6 +61,7 @@ class Settings:
             gateway_dead_letter_topic=env.get("ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC", cls.gateway_dead_letter_topic),
             pubsub_service_agent=env.get("ARCHSYNC_PUBSUB_SERVICE_AGENT", ""),
             provisioning_lease_seconds=num("ARCHSYNC_PROVISIONING_LEASE_SECONDS", cls.provisioning_lease_seconds),
+            result_key_grace_seconds=num("ARCHSYNC_RESULT_KEY_GRACE_SECONDS", cls.result_key_grace_seconds),
             admin_jwt_public_keys=_pems(env.get("ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS", "")),
             admin_jwt_audience=env.get("ARCHSYNC_ADMIN_JWT_AUDIENCE", ""),
             admin_jwt_issuer=env.get("ARCHSYNC_ADMIN_JWT_ISSUER", ""),
@@ -87,6 +91,7 @@ ENV_VARS = (
     "ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC",
     "ARCHSYNC_PUBSUB_SERVICE_AGENT",
     "ARCHSYNC_PROVISIONING_LEASE_SECONDS",
+    "ARCHSYNC_RESULT_KEY_GRACE_SECONDS",
     "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS",
     "ARCHSYNC_ADMIN_JWT_AUDIENCE",
     "ARCHSYNC_ADMIN_JWT_ISSUER",

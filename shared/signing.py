@@ -5,18 +5,46 @@ The gateway sends three headers with each POST:
   X-ArchSync-Gateway:   "<facility_group_id>/<gateway_id>"  (which key to check against)
   X-ArchSync-Timestamp: Unix seconds when it signed
   X-ArchSync-Signature: "v1=" + hex(HMAC-SHA256(key, "<timestamp>." + raw body))
+
+Everything that needs no key (header shapes, the replay window) is checked first, by
+``check_headers``: unauthenticated traffic must not cost a key read (issue 11 item 14).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Mapping, Optional
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping, Optional, Sequence
 
 from .domain.errors import Unauthorized
 
 GATEWAY_HEADER = "X-ArchSync-Gateway"
 TIMESTAMP_HEADER = "X-ArchSync-Timestamp"
 SIGNATURE_HEADER = "X-ArchSync-Signature"
+
+# ASCII digits only (str.isdigit() also accepts '²' and other Unicode digits, which int() then
+# refuses) and at most 12 of them: Unix seconds have 10 digits until the year 2286, and int() of a
+# 5,000-digit string raises instead of answering 401.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"v1=[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ResultKeys:
+    """A gateway's Result Endpoint keys: the current one and, for a grace period after a rotation,
+    the one it replaced (docs/admin-api.md "Keys and secrets")."""
+
+    current: bytes = field(repr=False)
+    previous: Optional[bytes] = field(default=None, repr=False)
+    previous_valid_until: Optional[datetime] = None
+
+    def valid_at(self, now: datetime) -> tuple[bytes, ...]:
+        """The keys that verify a signature made at ``now``: the previous key only until its grace ends."""
+        if self.previous and self.previous_valid_until is not None and now < self.previous_valid_until:
+            return (self.current, self.previous)
+        return (self.current,)
 
 
 def signature(key: bytes, timestamp: str, body: bytes) -> str:
@@ -41,16 +69,31 @@ def parse_gateway_header(headers: Mapping[str, str]) -> tuple[str, str]:
     return group, gateway
 
 
+def check_headers(headers: Mapping[str, str], now_unix: float, max_skew: int) -> tuple[str, str]:
+    """The (timestamp, signature) header values if they are well formed and the timestamp is within
+    the replay window; Unauthorized otherwise. Needs no key."""
+    ts = headers.get(TIMESTAMP_HEADER) or ""
+    sig = headers.get(SIGNATURE_HEADER) or ""
+    if not _TIMESTAMP.fullmatch(ts) or not _SIGNATURE.fullmatch(sig):
+        raise Unauthorized("missing or malformed signature headers")
+    if abs(now_unix - int(ts)) > max_skew:
+        raise Unauthorized("timestamp outside the replay window")
+    return ts, sig
+
+
+def matches(keys: Sequence[bytes], timestamp: str, sig: str, body: bytes) -> bool:
+    """Whether any of ``keys`` made ``sig``. Every key is tried (no early exit) and an empty list
+    still pays for one HMAC, so timing says nothing about which key matched or whether the gateway
+    exists."""
+    ok = False
+    for key in keys or (b"\0" * 32,):
+        ok |= hmac.compare_digest(signature(key, timestamp, body).encode(), sig.encode())
+    return ok and bool(keys)
+
+
 def verify(key: Optional[bytes], headers: Mapping[str, str], body: bytes, now_unix: float, max_skew: int) -> None:
     """Raise Unauthorized unless the signature is valid and fresh. The same message is used for
     an unknown gateway and a wrong signature so the endpoint tells an attacker nothing."""
-    ts = headers.get(TIMESTAMP_HEADER) or ""
-    sig = headers.get(SIGNATURE_HEADER) or ""
-    if not ts.isdigit() or not sig:
-        raise Unauthorized("missing signature headers")
-    if abs(now_unix - int(ts)) > max_skew:
-        raise Unauthorized("timestamp outside the replay window")
-    expected = signature(key or b"\0" * 32, ts, body)
-    # Constant-time compare; an unknown gateway still pays for one HMAC.
-    if not hmac.compare_digest(expected.encode(), sig.encode()) or key is None:
+    ts, sig = check_headers(headers, now_unix, max_skew)
+    if not matches((key,) if key else (), ts, sig, body):
         raise Unauthorized("invalid signature")

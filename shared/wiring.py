@@ -116,7 +116,7 @@ def admin_service(settings: Settings):
 
     jobs = JobsService(firestore_store(settings), lambda: job_publisher(settings), SystemClock(), settings.timeout_policy)
     return AdminService(firestore_store(settings), provisioner(settings), key_vault(settings), iam_admin(settings),
-                        SystemClock(), jobs)
+                        SystemClock(), jobs, result_key_grace_seconds=settings.result_key_grace_seconds)
 
 
 @functools.lru_cache(maxsize=4)

@@ -2,10 +2,18 @@
 and conditional bucket IAM bindings (a gateway reads only its own objects)."""
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections import OrderedDict
+from datetime import datetime, timezone
 from typing import Any, Optional
 
+from google.api_core import exceptions as gexc
+
+from .. import logs
+from ..domain.errors import Conflict
+from ..signing import ResultKeys
 from .errors import translated
 
 OBJECT_READER = "roles/storage.objectViewer"
@@ -29,47 +37,82 @@ class _Storage:
 
 class KeyVault(_Storage):
     """Secrets as objects in a private bucket (uniform access, only the admin and result functions'
-    service accounts may read it: infra/storage.tf). Values are never logged."""
+    service accounts may read it: infra/storage.tf). Values are never logged.
 
-    def __init__(self, bucket: str, client: Optional[Any] = None, cache_seconds: float = 60.0):
+    Reads are cached in-process (issue 11 item 14): at most ``cache_entries`` names, least recently
+    used evicted first, each for ``cache_seconds``; a missing object is cached too, so a flood of
+    callbacks naming an unknown gateway costs one read per name and period, not one per request."""
+
+    def __init__(self, bucket: str, client: Optional[Any] = None, cache_seconds: float = 60.0, cache_entries: int = 1024):
         super().__init__(client)
         self._bucket_name = bucket
-        self._cache: dict[str, tuple[float, Optional[bytes]]] = {}
+        self._cache: OrderedDict[str, tuple[float, Optional[bytes]]] = OrderedDict()
         self._lock = threading.Lock()
         self._ttl = cache_seconds
+        self._max_entries = cache_entries
 
     @property
     def bucket(self) -> Any:
         return self.client.bucket(self._bucket_name)
 
-    def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.calls += 1
-        with translated("store secret"):
-            self.bucket.blob(name).upload_from_string(data, content_type=content_type)
+    def _remember(self, name: str, at: float, value: Optional[bytes]) -> None:
+        with self._lock:
+            self._cache[name] = (at, value)
+            self._cache.move_to_end(name)
+            while len(self._cache) > self._max_entries:
+                self._cache.popitem(last=False)
+
+    def _forget(self, name: str) -> None:
         with self._lock:
             self._cache.pop(name, None)
 
-    def get(self, name: str, *, fresh: bool = False) -> Optional[bytes]:
-        """The secret, or None. Cached for ``cache_seconds`` unless ``fresh``."""
+    def put(self, name: str, data: bytes, content_type: str = "application/octet-stream", *,
+            if_generation_match: Optional[int] = None) -> None:
+        """Store ``data``. With ``if_generation_match`` (0 = must not exist yet) the write happens
+        only if the object is still that generation; otherwise Conflict (a concurrent writer won)."""
+        self.calls += 1
+        try:
+            with translated("store secret"):
+                try:
+                    self.bucket.blob(name).upload_from_string(data, content_type=content_type,
+                                                              if_generation_match=if_generation_match)
+                except gexc.PreconditionFailed:
+                    raise Conflict("the stored key changed concurrently; retry") from None
+        finally:
+            self._forget(name)
+
+    def get(self, name: str, *, fresh: bool = False, max_age: Optional[float] = None) -> Optional[bytes]:
+        """The secret, or None. Served from the cache if read less than ``max_age`` seconds ago
+        (default ``cache_seconds``); ``fresh`` always reads."""
         now = time.monotonic()
+        limit = 0.0 if fresh else (self._ttl if max_age is None else max_age)
         with self._lock:
             hit = self._cache.get(name)
-        if hit and not fresh and now - hit[0] < self._ttl:
+            if hit is not None:
+                self._cache.move_to_end(name)
+        if hit and now - hit[0] < limit:
             return hit[1]
         self.calls += 1
         value: Optional[bytes] = None
         with translated("read secret", missing_ok=True):
             value = self.bucket.blob(name).download_as_bytes()
-        with self._lock:
-            self._cache[name] = (now, value)
+        self._remember(name, now, value)
         return value
+
+    def get_versioned(self, name: str) -> tuple[Optional[bytes], int]:
+        """The secret (uncached) and its generation (0 if there is none), for a conditional ``put``."""
+        self.calls += 1
+        blob = self.bucket.blob(name)
+        with translated("read secret", missing_ok=True):
+            data = blob.download_as_bytes()
+            return data, int(blob.generation or 0)
+        return None, 0
 
     def delete(self, name: str) -> None:
         self.calls += 1
         with translated("delete secret", missing_ok=True):
             self.bucket.blob(name).delete()
-        with self._lock:
-            self._cache.pop(name, None)
+        self._forget(name)
 
     def exists(self, name: str) -> bool:
         return self.get(name, fresh=True) is not None
@@ -83,17 +126,70 @@ def result_key_object(facility_group_id: str, gateway_id: str) -> str:
     return f"{facility_group_id}/{gateway_id}/result-endpoint-key"
 
 
+def encode_result_keys(keys: ResultKeys) -> bytes:
+    """The stored form of a gateway's Result Endpoint keys. A key without a predecessor is stored
+    bare (the key text, as provisioning writes it); after a rotation, a JSON record holds both keys
+    and the end of the previous key's grace. Keys are URL-safe text, so a bare key never starts
+    with '{'. Both forms live in the same private object (docs/admin-api.md)."""
+    if keys.previous is None or keys.previous_valid_until is None:
+        return keys.current
+    return json.dumps({"schema_version": "1", "current": keys.current.decode(), "previous": keys.previous.decode(),
+                       "previous_valid_until": keys.previous_valid_until.astimezone(timezone.utc).isoformat()},
+                      separators=(",", ":")).encode()
+
+
+def decode_result_keys(data: bytes) -> Optional[ResultKeys]:
+    """The keys in a stored object; None (logged, never the content) if it is unreadable."""
+    if not data.startswith(b"{"):
+        return ResultKeys(data) if data else None
+    try:
+        record = json.loads(data)
+        until = datetime.fromisoformat(record["previous_valid_until"])
+        if until.tzinfo is None:
+            raise ValueError("naive time")
+        return ResultKeys(record["current"].encode(), record["previous"].encode(), until)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        logs.error("stored Result Endpoint key record is unreadable")
+        return None
+
+
 class VaultSecrets:
     """The SecretStore port over the key vault."""
+
+    # A signature that fails against the cached keys is checked once more against freshly read ones
+    # (a rotation on another instance), but a key is re-read at most this often: a stream of
+    # well-formed, wrongly signed callbacks costs one read per gateway per interval (item 14).
+    REFRESH_SECONDS = 5.0
 
     def __init__(self, vault: KeyVault):
         self.vault = vault
 
+    def result_keys(self, facility_group_id: str, gateway_id: str, *, fresh: bool = False) -> Optional[ResultKeys]:
+        data = self.vault.get(result_key_object(facility_group_id, gateway_id),
+                              max_age=self.REFRESH_SECONDS if fresh else None)
+        return decode_result_keys(data) if data is not None else None
+
     def result_key(self, facility_group_id: str, gateway_id: str, *, fresh: bool = False) -> Optional[bytes]:
-        return self.vault.get(result_key_object(facility_group_id, gateway_id), fresh=fresh)
+        """The current key only (what the key download returns); ``fresh``: read now, uncached."""
+        data = self.vault.get(result_key_object(facility_group_id, gateway_id), fresh=fresh)
+        keys = decode_result_keys(data) if data is not None else None
+        return keys.current if keys else None
 
     def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None:
-        self.vault.put(result_key_object(facility_group_id, gateway_id), key)
+        self.vault.put(result_key_object(facility_group_id, gateway_id), encode_result_keys(ResultKeys(key)))
+
+    def rotate_result_key(self, facility_group_id: str, gateway_id: str, new_key: bytes,
+                          previous_valid_until: Optional[datetime]) -> None:
+        """Make ``new_key`` current; the key it replaces keeps verifying until
+        ``previous_valid_until`` (None: revoked at once). A key older than that is dropped. The
+        write is conditional on the object's generation, so two concurrent rotations cannot both
+        believe they kept the same previous key (the loser gets Conflict)."""
+        name = result_key_object(facility_group_id, gateway_id)
+        data, generation = self.vault.get_versioned(name)
+        old = decode_result_keys(data) if data else None
+        previous = old.current if old and previous_valid_until is not None else None
+        record = ResultKeys(new_key, previous, previous_valid_until if previous else None)
+        self.vault.put(name, encode_result_keys(record), if_generation_match=generation)
 
 
 class BucketIam(_Storage):

@@ -49,7 +49,8 @@ class PubSubAdmin:
             self.publisher.delete_topic(topic=self.topic_path(topic_id))
 
     def create_subscription(self, subscription_id: str, topic_id: str, *, ack_deadline_seconds: int,
-                            retention_seconds: int, dead_letter_topic_id: str, max_delivery_attempts: int) -> None:
+                            retention_seconds: int, dead_letter_topic_id: str, max_delivery_attempts: int,
+                            min_retry_backoff_seconds: int, max_retry_backoff_seconds: int) -> None:
         self.calls += 1
         with translated(f"create subscription {subscription_id}", exists_ok=True):
             self.subscriber.create_subscription(request={
@@ -59,6 +60,11 @@ class PubSubAdmin:
                 "message_retention_duration": {"seconds": retention_seconds},
                 "dead_letter_policy": {"dead_letter_topic": self.topic_path(dead_letter_topic_id),
                                        "max_delivery_attempts": max_delivery_attempts},
+                # Exponential backoff between redeliveries (after a nack or an expired lease)
+                # instead of at once: a gateway whose Result Endpoint is down must not burn its
+                # deliveries in seconds (issue 11 item 5; the numbers are in docs/admin-api.md).
+                "retry_policy": {"minimum_backoff": {"seconds": min_retry_backoff_seconds},
+                                 "maximum_backoff": {"seconds": max_retry_backoff_seconds}},
                 # An idle gateway (site closed for a month) must not lose its subscription.
                 "expiration_policy": {},
             })

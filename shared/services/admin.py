@@ -3,10 +3,12 @@ and 2). Every method takes the authenticated caller first and refuses other grou
 from __future__ import annotations
 
 import dataclasses
+import re
+from datetime import timedelta
 from typing import Any, Mapping, Optional
 
 from .. import logs
-from ..adapters.gcs import result_key_object, sa_key_object
+from ..adapters.gcs import VaultSecrets, decode_result_keys, result_key_object, sa_key_object
 from ..auth import Caller
 from ..clock import iso
 from ..domain.errors import Conflict, NotFound, ValidationFailed
@@ -42,8 +44,10 @@ def _changed(old: Any, new: Any, fields: frozenset[str]) -> list[str]:
 
 
 class AdminService:
-    def __init__(self, store: Any, provisioner: Provisioner, vault: Any, iam: Any, clock: Clock, jobs: Any = None):
+    def __init__(self, store: Any, provisioner: Provisioner, vault: Any, iam: Any, clock: Clock, jobs: Any = None,
+                 result_key_grace_seconds: int = 24 * 3600):
         self._store, self._prov, self._vault, self._iam, self._clock = store, provisioner, vault, iam, clock
+        self._result_key_grace = result_key_grace_seconds
         self.jobs = jobs  # the Jobs tab (services/jobs.py), behind the same authentication
 
     # -- helpers -------------------------------------------------------------------------
@@ -119,9 +123,9 @@ class AdminService:
             raise Conflict(reason)
         self._prov.delete(gw, caller.label, refusal)
 
-    def _download(self, caller: Caller, fg: str, gateway_id: str, object_name, action: str) -> bytes:
+    def _download(self, caller: Caller, fg: str, gateway_id: str, object_name, action: str, read=None) -> bytes:
         gw = self._gateway(caller, fg, gateway_id)
-        key = self._vault.get(object_name(fg, gw.id), fresh=True)
+        key = (read or self._vault.get)(object_name(fg, gw.id), fresh=True)
         if key is None:
             raise NotFound("no key stored for this gateway")
         self._store.audit(fg, caller.label, action, "gateway", gw.id, self._clock.now())  # who took a copy, when
@@ -131,7 +135,13 @@ class AdminService:
         return self._download(caller, fg, gateway_id, sa_key_object, "gateway.key.download")
 
     def result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str) -> bytes:
-        return self._download(caller, fg, gateway_id, result_key_object, "gateway.result_key.download")
+        """The current key only (during a rotation's grace period the stored record holds two)."""
+        def current(name: str, *, fresh: bool) -> Optional[bytes]:
+            data = self._vault.get(name, fresh=fresh)
+            keys = decode_result_keys(data) if data is not None else None
+            return keys.current if keys else None
+
+        return self._download(caller, fg, gateway_id, result_key_object, "gateway.result_key.download", read=current)
 
     def rotate_service_account_key(self, caller: Caller, fg: str, gateway_id: str) -> dict:
         """New key stored first, then the old one revoked: the gateway keeps working until an
@@ -150,10 +160,22 @@ class AdminService:
         logs.info("service account key rotated", gateway_id=gw.id, facility_group_id=fg)
         return gateway_view(updated, self._store.facilities(fg))
 
-    def rotate_result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str) -> None:
+    def rotate_result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str, grace_seconds: Optional[str] = None) -> None:
+        """A new Result Endpoint key becomes current at once; the old one keeps verifying for the
+        grace period (default ``result_key_grace_seconds``), so results of a gateway not yet
+        switched to the new key are not lost (issue 11 item 5). ``grace_seconds`` may only shorten
+        it: 0 revokes the old key at once (e.g. it leaked). docs/admin-api.md "Keys and secrets"."""
         gw = self._gateway(caller, fg, gateway_id)
-        self._vault.put(result_key_object(fg, gw.id), new_result_key())  # replaces (revokes) the old key
-        self._store.audit(fg, caller.label, "gateway.result_key.rotate", "gateway", gw.id, self._clock.now())
+        grace = self._result_key_grace
+        if grace_seconds is not None:
+            if not re.fullmatch(r"[0-9]{1,7}", grace_seconds) or int(grace_seconds) > grace:
+                raise ValidationFailed({"grace_seconds": f"must be a whole number of seconds from 0 to {grace}"})
+            grace = int(grace_seconds)
+        now = self._clock.now()
+        VaultSecrets(self._vault).rotate_result_key(fg, gw.id, new_result_key(),
+                                                    now + timedelta(seconds=grace) if grace else None)
+        self._store.audit(fg, caller.label, "gateway.result_key.rotate", "gateway", gw.id, now)
+        logs.info("result endpoint key rotated", gateway_id=gw.id, facility_group_id=fg, grace_seconds=grace)
 
     # -- destinations --------------------------------------------------------------------
     def list_destinations(self, caller: Caller, fg: str) -> list[dict]:

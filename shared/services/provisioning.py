@@ -29,9 +29,15 @@ class ProvisioningSettings:
     gateway_dead_letter_topic: str = "archsync-gateway-dead-letter"
     # Pub/Sub's service agent must be able to pull from a subscription to dead-letter its messages.
     pubsub_service_agent: str = ""
+    # Delivery of job messages to the gateway (issue 11 item 5; the reasoning is in
+    # docs/admin-api.md "Job delivery and outages"): redeliveries back off exponentially from 60 s
+    # to 600 s (Pub/Sub's maximum), so 20 deliveries span more than 2.5 hours even for a gateway
+    # that nacks at once, and the reference agent holds a job ~45 min before it nacks.
     ack_deadline_seconds: int = 300
     retention_seconds: int = 7 * 24 * 3600
-    max_delivery_attempts: int = 10
+    max_delivery_attempts: int = 20
+    min_retry_backoff_seconds: int = 60
+    max_retry_backoff_seconds: int = 600
     lease_seconds: int = 300  # > the admin function's timeout: a live function is never overtaken
 
 
@@ -89,7 +95,9 @@ class Provisioner:
         elif step == "subscription":
             c.pubsub.create_subscription(res.subscription_id, res.topic_id, ack_deadline_seconds=s.ack_deadline_seconds,
                                          retention_seconds=s.retention_seconds, dead_letter_topic_id=s.gateway_dead_letter_topic,
-                                         max_delivery_attempts=s.max_delivery_attempts)
+                                         max_delivery_attempts=s.max_delivery_attempts,
+                                         min_retry_backoff_seconds=s.min_retry_backoff_seconds,
+                                         max_retry_backoff_seconds=s.max_retry_backoff_seconds)
         elif step == "service_account":
             c.iam.create_service_account(res.account_id, f"ArchSync gateway {state['gateway'].name}")
         elif step == "subscription_binding":

@@ -348,7 +348,7 @@ class _Reporter:
     def __init__(self, fail_on=None, error=None):
         self.posted, self.fail_on, self.error = [], fail_on, error
 
-    def post(self, job, state, reason=None, counts=None):
+    def post(self, job, state, reason=None, counts=None, patient=False):
         if state == self.fail_on:
             raise self.error
         self.posted.append(state)
@@ -379,13 +379,21 @@ def test_ack_only_after_the_final_result_is_accepted():
     assert agent.handle(d, runner, reporter, data) == "ack" and runner.runs == 1  # redelivery: not redone
 
 
-@pytest.mark.parametrize("fail_on", ["IN_PROGRESS", "COMPLETED"])
-def test_an_unreachable_result_endpoint_leaves_the_message_for_redelivery(fail_on):
+def test_an_unreachable_result_endpoint_leaves_the_message_for_redelivery_without_redoing_the_job():
     agent, runner = _agent(), _Runner()
-    reporter = _Reporter(fail_on, ResultNotDelivered("down"))
+    reporter = _Reporter("COMPLETED", ResultNotDelivered("down"))
     d = agent.cfg.deliveries[0]
     assert agent.handle(d, runner, reporter, json.dumps(job(port=1)).encode()) == "nack"
-    assert agent.handle(d, runner, _Reporter(), json.dumps(job(port=1)).encode()) == "ack"  # redelivered later
+    again = _Reporter()
+    assert agent.handle(d, runner, again, json.dumps(job(port=1)).encode()) == "ack"  # redelivered later
+    assert runner.runs == 1 and again.posted == ["COMPLETED"]  # the remembered outcome, posted again
+
+
+def test_an_undelivered_progress_report_does_not_stop_the_job():
+    agent, runner = _agent(), _Runner()
+    reporter = _Reporter("IN_PROGRESS", ResultNotDelivered("down"))
+    assert agent.handle(agent.cfg.deliveries[0], runner, reporter, json.dumps(job(port=1)).encode()) == "ack"
+    assert runner.runs == 1 and reporter.posted == ["COMPLETED"]
 
 
 def test_a_result_refused_for_good_acks_and_malformed_or_expired_messages_are_settled():

@@ -68,7 +68,10 @@ def test_create_provisions_every_resource(env):
     assert gw.provisioning_state == "READY" and gw.created_by == "Pat Admin" and gw.service_account_key_id in left["keys"]
 
     sub = env.subscriber.get_subscription(subscription=env.subscriber.subscription_path(env.project, gw.subscription_id))
-    assert sub.ack_deadline_seconds == 300 and sub.dead_letter_policy.max_delivery_attempts == 10
+    assert sub.ack_deadline_seconds == 300 and sub.dead_letter_policy.max_delivery_attempts == 20
+    # Redeliveries back off exponentially (issue 11 item 5), instead of coming back at once.
+    assert sub.retry_policy.minimum_backoff.total_seconds() == 60
+    assert sub.retry_policy.maximum_backoff.total_seconds() == 600
     assert sub.dead_letter_policy.dead_letter_topic.endswith("/topics/archsync-gateway-dead-letter")
     assert sub.message_retention_duration.total_seconds() == 7 * 24 * 3600
 
