@@ -50,8 +50,10 @@ class _DemoIdp:
         now = int(time.time())
         return jwt.encode({"sub": "demo-admin", "name": "Demo Admin", "iss": self.ISSUER, "aud": self.AUDIENCE, "iat": now,
                            "exp": now + 3600, "facility_groups": [FG]}, self._key, algorithm="RS256")
-# Short windows so a job whose gateway never answers times out within the run.
-TIMING = {"ARCHSYNC_DISPATCH_GRACE_SECONDS": "4", "ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS": "2"}
+# Short windows so a job whose gateway never answers times out within the run, yet long enough
+# that a busy machine's agent still reaches its jobs before their result deadline (the agent acks
+# an attempt past its deadline without work): east (0 retries) 40 s, the others 62 s.
+TIMING = {"ARCHSYNC_DISPATCH_GRACE_SECONDS": "30", "ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS": "10"}
 
 
 def _http_json(method: str, url: str, body: Optional[dict] = None, token: str = "") -> tuple[int, Any]:
@@ -317,7 +319,7 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         for e in events:
             publisher.publish(exam_topic, json.dumps(e).encode()).result()
         publisher.publish(exam_topic, b'{"schema_version": "1", "event_type": "exam.status_changed"}').result()
-        _wait(lambda: len(_jobs(store)) >= EXPECTED_JOBS, 60, "the archive jobs to be queued")
+        _wait(lambda: len(_jobs(store)) >= EXPECTED_JOBS, 180, "the archive jobs to be queued")
         lock_url = f"http://{fns['lock_status'].host}/v1/facility-groups/{FG}/exams/%s/lock"
         observed_locks = {e: _http("GET", lock_url % e) for e in sorted({j["exam_id"] for j in _jobs(store)})}
 
@@ -326,7 +328,7 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         started.append(agent)
         main_done = lambda: [j for j in _jobs(store) if j["gateway_id"] == configured["gateways"]["main"]["id"]  # noqa: E731
                              and j["state"] in ("COMPLETED", "FAILED")]
-        _wait(lambda: len(main_done()) >= 12, 120, "the main gateway's jobs to finish")
+        _wait(lambda: len(main_done()) >= 12, 240, "the main gateway's jobs to finish")
 
         say("Fixing the legacy archive's called AE title through the admin API and retrying its failed jobs ...")
         legacy = configured["destinations"]["legacy"]
@@ -338,16 +340,20 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
             if j["destination_id"] == legacy["id"] and j["state"] == "FAILED":
                 status, _ = _http_json("POST", f"{admin}/v1/facility-groups/{FG}/jobs/{j['id']}/retry", {}, token)
                 assert status == 200
-        _wait(lambda: all(j["state"] == "COMPLETED" for j in _jobs(store) if j["destination_id"] == legacy["id"]), 60,
+        _wait(lambda: all(j["state"] == "COMPLETED" for j in _jobs(store) if j["destination_id"] == legacy["id"]), 180,
               "the retried jobs")
 
         say("The east gateway's job delivery is not active: waiting for its jobs' result window, then running the sweeper ...")
-        sweep = {}
-        for _ in range(60):
-            sweep = _http("POST", f"http://{fns['sweep_jobs'].host}/")
-            if sweep["timed_out"]:
-                break
-            time.sleep(0.5)
+        # Sweep until every east job has timed out (their deadlines differ by their queue times).
+        east_ids = {j["id"] for j in _jobs(store) if j["destination_id"] == configured["destinations"]["east"]["id"]}
+        timed_out: list = []
+
+        def swept_all() -> bool:
+            timed_out.extend(_http("POST", f"http://{fns['sweep_jobs'].host}/")["timed_out"])
+            return east_ids <= set(timed_out)
+
+        _wait(swept_all, 180, "the east jobs' result window")
+        sweep = {"timed_out": timed_out}
 
         summary = _summary(store, subscriber, lock_url, observed_locks, sweep)
         summary["legacy_failures_before_fix"] = failed_before
