@@ -155,8 +155,8 @@ def _entries(body: str) -> list[Entry]:
         is_block = s == "isBlock: true,"
         nested = None
         if is_block:
-            fns = [f for f in _NESTED_FN.findall(value) if not f.startswith("cdktn.")]
-            fns = [f for f in fns if f not in ("string", "number", "boolean")]
+            # The struct's own mapping, not cdktn's primitive ones (cdktn.stringToHclTerraform, ...).
+            fns = [f for f in _NESTED_FN.findall(value) if f not in ("string", "number", "boolean")]
             if not fns:
                 raise ValueError(f"no nested mapping in {value!r}")
             nested = fns[0]
@@ -360,7 +360,9 @@ def catalogue(files: dict[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
 def types_in_infra(infra: Path = INFRA) -> dict[str, set[str]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import tf_schema_check  # noqa: E402 (sibling module; shares the HCL walk with the test)
-    return tf_schema_check.used_types(tf_schema_check.parse_dir(infra))
+    used = tf_schema_check.used_types(tf_schema_check.parse_dir(infra))
+    # Types of other providers (time_sleep, random_id, ...) are not in this provider's package.
+    return {mode: {t for t in types if t.startswith("google_")} for mode, types in used.items()}
 
 
 def select(all_types: list[str], patterns: tuple[str, ...], used: set[str]) -> list[str]:
@@ -371,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("wheel", type=Path, help="cdktn_provider_google-<version>-py3-none-any.whl (pip download --no-deps)")
     ap.add_argument("--out", type=Path, help="output file (default infra/schema/google-<provider version>.json)")
+    ap.add_argument("--infra", type=Path, default=INFRA, help="Terraform directory whose types are always kept")
     args = ap.parse_args(argv)
 
     jsii, files, inner = read_wheel(args.wheel)
@@ -381,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     version = provider["version"]
 
     cat = catalogue(files)
-    used = types_in_infra()
+    used = types_in_infra(args.infra)
     missing = [f"{k} {t}" for k in ("resource", "data") for t in sorted(used[k]) if (k, t) not in cat]
     if missing:
-        raise SystemExit(f"infra/ uses types that google {version} does not have: {', '.join(missing)}")
+        raise SystemExit(f"{args.infra} uses types that google {version} does not have: {', '.join(missing)}")
     ex = Extractor(jsii, files)
     resources = select([t for k, t in cat if k == "resource"], TYPE_PATTERNS, used["resource"])
     data_sources = select([t for k, t in cat if k == "data"], TYPE_PATTERNS + DATA_SOURCE_PATTERNS, used["data"])

@@ -90,12 +90,12 @@ def test_infra_matches_the_provider_schema(schema, infra):
     assert not errors, "infra/ does not match google " + schema.version + ":\n" + "\n".join(errors)
 
 
-def test_infra_uses_the_constructs_the_checker_must_handle(infra):
-    """If infra/ stops using these, the synthetic tests below still cover them; this only guards
-    against the checker silently skipping a construct python-hcl2 represents differently."""
-    text = "\n".join(d.text for d in infra)
-    for construct in ("dynamic \"", "for_each", "count", "depends_on", "lifecycle {", "precondition {", "moved {"):
-        assert construct in text, construct
+def test_every_declaration_of_infra_is_checked(schema, infra):
+    """Nothing is skipped: every resource and data source python-hcl2 finds went through the check."""
+    checker = tfc.Checker(schema, infra)
+    checker.run()
+    assert sorted(checker.checked) == sorted(tfc.declared(infra))
+    assert len(checker.checked) > 30
 
 
 # --- synthetic snippets: each mistake is refused ------------------------------------------------
@@ -203,6 +203,13 @@ def test_unknown_type_asks_to_refresh_the_schema(schema):
                    "resource type google_pubsub_topik is not in infra/schema/", "scripts/extract_tf_schema.py")
 
 
+def test_other_providers_are_reported_not_skipped(schema):
+    assert_refused(schema, 'resource "time_sleep" "wait" {\n  create_duration = "30s"\n}\n',
+                   'not checked: the schema of provider "time" is not in infra/schema/')
+    assert_refused(schema, 'resource "google_pubsub_topic" "t" {\n  provider = google-beta\n  name = "t"\n}\n',
+                   'not checked: the schema of provider "google-beta"')
+
+
 def test_dynamic_blocks(schema):
     ok = """
 resource "google_firestore_index" "i" {
@@ -286,3 +293,144 @@ output "u" {
                    'unsupported attribute "url" (did you mean "uri"?)')
     assert_refused(schema, 'output "n" {\n  value = data.google_project.p.number\n}\n',
                    "reference to undeclared data source data.google_project.p")
+
+
+# --- the extraction script, on a miniature package of the same layout ----------------------------
+
+def _js_attr(hcl: str, value: str, is_block: bool, kind: str, storage: str) -> str:
+    return (f"        {hcl}: {{\n            value: {value},\n            isBlock: {'true' if is_block else 'false'},\n"
+            f"            type: \"{kind}\",\n            storageClassType: \"{storage}\",\n        }},\n")
+
+
+def _js_mapping(fn: str, *attrs: str) -> str:
+    return f"function {fn}ToHclTerraform(struct) {{\n    const attrs = {{\n{''.join(attrs)}    }};\n    return attrs;\n}}\n"
+
+
+def _js_class(name: str, base: str, body: str) -> str:
+    return f"class {name} extends cdktn.{base} {{\n{body}}}\n"
+
+
+def _jsii_struct(fqn: str, directory: str, props: dict) -> tuple[str, dict]:
+    return fqn, {"name": fqn.rsplit(".", 1)[1], "kind": "interface", "locationInModule": {"filename": f"src/{directory}/index.ts"},
+                 "properties": [{"name": n, "type": t, **({"optional": True} if opt else {})} for n, (t, opt) in props.items()]}
+
+
+def _jsii_class(fqn: str, directory: str, config: str) -> tuple[str, dict]:
+    return fqn, {"name": fqn.rsplit(".", 1)[1], "kind": "class", "locationInModule": {"filename": f"src/{directory}/index.ts"},
+                 "initializer": {"parameters": [{"name": "scope"}, {"name": "id"}, {"name": "config", "type": {"fqn": config}}]}}
+
+
+def _miniature_wheel(path: Path) -> Path:
+    import io
+    import tarfile
+    import zipfile
+    a = "@cdktn/provider-google"
+    s = {"primitive": "string"}
+    types = dict([
+        _jsii_class(f"{a}.provider.GoogleProvider", "provider", f"{a}.provider.GoogleProviderConfig"),
+        _jsii_struct(f"{a}.provider.GoogleProviderConfig", "provider", {"alias": (s, True), "project": (s, True)}),
+        _jsii_class(f"{a}.fooThing.FooThing", "foo-thing", f"{a}.fooThing.FooThingConfig"),
+        _jsii_struct(f"{a}.fooThing.FooThingConfig", "foo-thing", {
+            "name": (s, False),
+            "labels": ({"collection": {"kind": "map", "elementtype": s}}, True),
+            "buildAttribute": ({"fqn": f"{a}.fooThing.FooThingBuild"}, True),  # renamed by cdktn (clashes with a member)
+            "rule": ({"union": {"types": [{"fqn": "cdktn.IResolvable"}, {"collection": {"kind": "array", "elementtype": {
+                "fqn": f"{a}.fooThing.FooThingRule"}}}]}}, False),
+            "timeouts": ({"fqn": f"{a}.fooThing.FooThingTimeouts"}, True),
+        }),
+        _jsii_struct(f"{a}.fooThing.FooThingBuild", "foo-thing", {"image": (s, False)}),
+        _jsii_struct(f"{a}.fooThing.FooThingRule", "foo-thing", {
+            "action": (s, True), "tags": ({"collection": {"kind": "array", "elementtype": s}}, True)}),
+        _jsii_struct(f"{a}.fooThing.FooThingTimeouts", "foo-thing", {"create": (s, True)}),
+        _jsii_class(f"{a}.dataGoogleFooThing.DataGoogleFooThing", "data-google-foo-thing", f"{a}.dataGoogleFooThing.DataGoogleFooThingConfig"),
+        _jsii_struct(f"{a}.dataGoogleFooThing.DataGoogleFooThingConfig", "data-google-foo-thing", {"name": (s, False)}),
+    ])
+    string = "cdktn.stringToHclTerraform"
+    provider_js = _js_class("GoogleProvider", "TerraformProvider", "    synthesizeHclAttributes() {\n        const attrs = {\n"
+                            + _js_attr("alias", f"{string}(this._alias)", False, "simple", "string")
+                            + _js_attr("project", f"{string}(this._project)", False, "simple", "string")
+                            + "        };\n    }\n") + 'GoogleProvider.tfResourceType = "google";\n'
+    thing_js = (
+        _js_mapping("fooThingBuild", _js_attr("image", f"{string}(struct.image)", False, "simple", "string"))
+        + _js_class("FooThingBuildOutputReference", "ComplexObject",
+                    "    get image() {\n        return this.getStringAttribute('image');\n    }\n"
+                    "    get digest() {\n        return this.getStringAttribute('digest');\n    }\n")
+        + _js_mapping("fooThingRule", _js_attr("action", f"{string}(struct.action)", False, "simple", "string"),
+                      _js_attr("tags", f"cdktn.listMapperHcl({string}, false)(struct.tags)", False, "set", "stringList"))
+        + _js_mapping("fooThingTimeouts", _js_attr("create", f"{string}(struct.create)", False, "simple", "string"))
+        + _js_class("FooThingStatusOutputReference", "ComplexObject",
+                    "    get state() {\n        return this.getStringAttribute('state');\n    }\n")
+        + _js_class("FooThing", "TerraformResource",
+                    '    static tfResourceType = "google_foo_thing";\n'
+                    "    constructor(scope, id, config) {\n"
+                    '        this._status = new FooThingStatusList(this, "status", false);\n    }\n'
+                    "    get uri() {\n        return this.getStringAttribute('uri');\n    }\n"
+                    "    synthesizeHclAttributes() {\n        const attrs = {\n"
+                    + _js_attr("labels", f"cdktn.hashMapperHcl({string})(this._labels)", False, "map", "stringMap")
+                    + _js_attr("name", f"{string}(this._name)", False, "simple", "string")
+                    + _js_attr("build", "fooThingBuildToHclTerraform(this._build.internalValue)", True, "list", "FooThingBuildList")
+                    + _js_attr("rule", "cdktn.listMapperHcl(fooThingRuleToHclTerraform, true)(this._rule.internalValue)", True, "set",
+                               "FooThingRuleList")
+                    + _js_attr("timeouts", "fooThingTimeoutsToHclTerraform(this._timeouts.internalValue)", True, "struct",
+                               "FooThingTimeouts")
+                    + "        };\n    }\n"))
+    data_js = _js_class("DataGoogleFooThing", "TerraformDataSource",
+                        "    get etag() {\n        return this.getStringAttribute('etag');\n    }\n"
+                        "    synthesizeHclAttributes() {\n        const attrs = {\n"
+                        + _js_attr("name", f"{string}(this._name)", False, "simple", "string") + "        };\n    }\n"
+                        ) + 'DataGoogleFooThing.tfResourceType = "google_foo_thing";\n'
+    members = {
+        "package/package.json": json.dumps({"name": a, "cdktn": {"provider": {"name": tfc.PROVIDER_ADDRESS, "version": "9.9.9"}}}),
+        "package/.jsii": json.dumps({"version": "1.2.3", "types": types}),
+        "package/lib/provider/index.js": provider_js,
+        "package/lib/foo-thing/index.js": thing_js,
+        "package/lib/data-google-foo-thing/index.js": data_js,
+    }
+    tgz = io.BytesIO()
+    with tarfile.open(fileobj=tgz, mode="w:gz") as t:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    wheel = path / "cdktn_provider_google-1.2.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("cdktn_provider_google/_jsii/provider-google@1.2.3.jsii.tgz", tgz.getvalue())
+    return wheel
+
+
+def test_extractor_reads_the_package_layout(tmp_path):
+    import extract_tf_schema
+    wheel = _miniature_wheel(tmp_path)
+    infra = tmp_path / "infra"
+    infra.mkdir()
+    (infra / "main.tf").write_text('resource "google_foo_thing" "a" {\n  name = "a"\n}\n'
+                                   'data "google_foo_thing" "b" {\n  name = "b"\n}\n')
+    out = tmp_path / "google-9.9.9.json"
+    assert extract_tf_schema.main([str(wheel), "--out", str(out), "--infra", str(infra)]) == 0
+    first = out.read_bytes()
+    assert extract_tf_schema.main([str(wheel), "--out", str(out), "--infra", str(infra)]) == 0
+    assert out.read_bytes() == first, "the output is deterministic"
+    schema = tfc.load_schema(out)
+    assert schema.version == "9.9.9"
+    assert schema.provider == {"attributes": {"project": {"optional": True, "type": "string"}}}  # alias is a meta-argument
+    assert schema.resources == {"google_foo_thing": {
+        "attributes": {
+            "labels": {"optional": True, "type": ["map", "string"]},
+            "name": {"required": True, "type": "string"},
+            "status": {"computed": True, "type": ["list", ["object", {"state": "string"}]]},
+            "uri": {"computed": True, "type": "string"},
+        },
+        "block_types": {
+            "build": {"nesting_mode": "list", "max_items": 1, "block": {"attributes": {
+                "digest": {"computed": True, "type": "string"}, "image": {"required": True, "type": "string"}}}},
+            "rule": {"nesting_mode": "set", "min_items": 1, "block": {"attributes": {
+                "action": {"optional": True, "type": "string"}, "tags": {"optional": True, "type": ["set", "string"]}}}},
+            "timeouts": {"nesting_mode": "single", "block": {"attributes": {"create": {"optional": True, "type": "string"}}}},
+        },
+    }}
+    assert schema.data_sources == {"google_foo_thing": {"attributes": {
+        "etag": {"computed": True, "type": "string"}, "name": {"required": True, "type": "string"}}}}
+    # ... and what the checker makes of it.
+    assert_refused(schema, 'resource "google_foo_thing" "a" {\n  name = "a"\n  uri = "x"\n}\n',
+                   'missing required block "rule"', '"uri" is read-only')
