@@ -188,7 +188,8 @@ def type_errors(value, t, where: str) -> list[str]:
     if k in ("expr", "null") or t == "dynamic":
         return []
     want = _type_name(t)
-    bad = f"{where}: {want} required, got {'a block-like object' if k == 'object' else 'a ' + k}"
+    got = {"object": "an object { ... }", "tuple": "a list [ ... ]"}.get(k, f"a {k}")
+    bad = f"{where}: {want} required, got {got}"
     if t == "string":
         return [bad] if k in ("object", "tuple") else []
     if t == "number":

@@ -186,7 +186,7 @@ def test_wrong_nesting_is_refused(schema):
 
 
 def test_literal_of_the_wrong_shape_is_refused(schema):
-    assert_refused(schema, VALID_SUBSCRIPTION.replace('name  = "s"', 'name  = ["s"]'), "string required, got a tuple")
+    assert_refused(schema, VALID_SUBSCRIPTION.replace('name  = "s"', 'name  = ["s"]'), "name: string required, got a list [ ... ]")
     assert_refused(schema, VALID_SUBSCRIPTION.replace("max_delivery_attempts = 5", 'max_delivery_attempts = "five"'),
                    'number required, got the string "five"')
     assert_refused(schema, VALID_SUBSCRIPTION.replace("labels = {\n    app = \"x\"\n  }", 'labels = "x"'),
