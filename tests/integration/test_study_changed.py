@@ -50,6 +50,11 @@ def set_state(stack, dest_id: str, state: str) -> None:
 
 @pytest.fixture
 def world(stack):
+    return study_world(stack)
+
+
+def study_world(stack):
+    """Two gateways, the exam, and the study-change, follow-up and result services on ``stack``."""
     for g in ("gw-1", "gw-2"):
         stack.add_gateway(gateway(g))
     stack.secrets.save_result_key("fg-1", "gw-1", RESULT_KEY)
