@@ -8,12 +8,13 @@ Destinations: "Max Retries", "Retry Timeout"); a failure the archive calls perma
 rejected-permanent, a syntax the agent cannot produce) is not retried."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .dimse import CFindFailed, CommitmentWaiter, DimseError, Endpoint, Instance, Network
 from .fetch import FetchError, ObjectFetcher, read_instance
@@ -22,6 +23,25 @@ from .results import Outcome
 
 log = logging.getLogger("gateway_agent.jobs")
 JobFailure = (DimseError, FetchError, Hl7Error)
+MAX_LIST_BYTES = 64 * 1024 * 1024  # 50,000 entries of three 64-character UIDs are ~12 MB
+REASON_MAX = 2000  # job-result.v1 "reason" maxLength
+
+
+def final_reason(failures: dict[str, list[int]], tries: str) -> str:
+    """Every distinct failure of a job's tries, in the order first seen (issue 11 item 17: the
+    last try's reason alone may hide the real cause, e.g. a rejection followed by timeouts under
+    load), bounded by the result contract: "try 1: A; tries 2, 3: B (after 3 attempts)"."""
+    if len(failures) == 1:
+        return f"{next(iter(failures))} ({tries})"[:REASON_MAX]
+    suffix = f" ({tries})"
+    parts = [f"tr{'ies' if len(ns) > 1 else 'y'} {', '.join(map(str, ns))}: {r}" for r, ns in failures.items()]
+    budget = REASON_MAX - len(suffix)
+    if len("; ".join(parts)) > budget:  # the first and the last reason keep an equal share
+        share = max(80, (budget - 2) // 2 - 2)
+        parts = [p if len(p) <= share else p[:share - 1] + "…" for p in (parts[0], parts[-1])]
+        if len(failures) > 2:
+            parts.insert(1, f"({len(failures) - 2} more)")
+    return ("; ".join(parts)[:budget] + suffix)
 
 
 class JobRunner:
@@ -36,15 +56,17 @@ class JobRunner:
         attempts = 1 + retry["max_retries"]
         spool = Path(tempfile.mkdtemp(prefix=f"{job['job_id']}-", dir=self._work_dir))
         state: dict = {"spool": spool}
+        failures: dict[str, list[int]] = {}  # distinct reason -> the tries it ended, in order seen
         try:
             for n in range(1, attempts + 1):
                 try:
                     return self._attempt(job, state)
                 except JobFailure as e:
                     log.warning("job attempt failed", extra={"job_id": job["job_id"], "try": n, "why": e.reason})
+                    failures.setdefault(e.reason, []).append(n)
                     if not e.retryable or n == attempts:
                         tries = f"after {n} attempt{'s' if n > 1 else ''}" if e.retryable or n > 1 else "not retried: permanent"
-                        return Outcome("FAILED", f"{e.reason} ({tries})", state.get("counts"))
+                        return Outcome("FAILED", final_reason(failures, tries), state.get("counts"))
                     self._sleep(retry["retry_timeout_seconds"])
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
@@ -56,11 +78,13 @@ class JobRunner:
             h = job["hl7"]
             send_hl7(h["host"], h["port"], h["message"], h.get("control_id", ""), self._hl7_timeout)
             return Outcome("COMPLETED", None, {"total": 1, "sent": 1})
+        if "wanted" not in state:  # once per job; its file goes beside the study's, not among them
+            state["wanted"] = [] if job.get("object_uri") else self._wanted(job, state["spool"] / "list")
         if "instances" not in state:
-            state["instances"] = self._instances(job, state["spool"])
+            state["instances"] = self._instances(job, state["spool"], state["wanted"])
         return self._send(job, state)
 
-    def _instances(self, job: dict, spool: Path) -> list[Instance]:
+    def _instances(self, job: dict, spool: Path, wanted: Sequence[str] = ()) -> list[Instance]:
         """The instances this job is about, from Cloud Storage: only files of the job's study."""
         study_uid = (job.get("study") or {}).get("study_instance_uid")
         if not study_uid:
@@ -95,7 +119,6 @@ class JobRunner:
             if not found:
                 raise FetchError(f"{job['object_uri']} is not a DICOM Part-10 file", retryable=False)
             return list(found.values())
-        wanted = [i["sop_instance_uid"] for i in job.get("instances") or []]
         if not wanted:
             return list(found.values())
         missing = [u for u in wanted if u not in found]
@@ -104,6 +127,29 @@ class JobRunner:
             raise FetchError(f"{len(missing)} of {len(wanted)} instances named by the job are not in the study's storage",
                              retryable=True)
         return [found[u] for u in wanted]
+
+    def _wanted(self, job: dict, into: Path) -> list[str]:
+        """The SOP Instance UIDs a DICOM job sends; empty = the whole study. The list is an
+        instance-list.v1 object at ``instances_uri`` (under the gateway's own prefix; it may hold
+        50,000 entries, so it is spooled to disk, not held in the message); messages published
+        before that change carry it inline as ``instances``."""
+        uri = job.get("instances_uri")
+        if not uri:
+            return [i["sop_instance_uid"] for i in job.get("instances") or []]
+        path = self._fetcher.fetch_object(uri, into)
+        if path.stat().st_size > MAX_LIST_BYTES:
+            raise FetchError(f"{uri}: instance list larger than {MAX_LIST_BYTES} bytes", retryable=False)
+        try:
+            body = json.loads(path.read_bytes())
+            wanted = [i["sop_instance_uid"] for i in body["instances"]]
+            if body.get("schema_version") != "1" or not all(isinstance(u, str) for u in wanted):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise FetchError(f"{uri}: not an instance list (instance-list.v1)", retryable=False) from None
+        if "instance_count" in job and len(wanted) != job["instance_count"]:
+            raise FetchError(f"{uri}: lists {len(wanted)} instances, the job says {job['instance_count']}; nothing sent",
+                             retryable=False)
+        return wanted
 
     def _send(self, job: dict, state: dict) -> Outcome:
         dest = job["destination"]

@@ -216,6 +216,7 @@ resource "google_cloudfunctions2_function" "function" {
     google_storage_bucket_iam_member.key_bucket_result_key_reader,
     google_storage_bucket_iam_member.objects_bucket_iam_admin,
     google_storage_bucket_iam_member.objects_bucket_iocm_writer,
+    google_storage_bucket_iam_member.objects_bucket_followup_writer,
     google_storage_bucket_iam_member.study_bucket_iam_admin,
   ]
 }

@@ -130,6 +130,23 @@ resource "google_storage_bucket_iam_member" "objects_bucket_iocm_writer" {
   member = google_service_account.function["on_study_changed"].member
 }
 
+# The follow-up paths write and copy generated objects too (issue 11 items 3 and 15):
+# - on_job_result: an ARCHIVE job's COMPLETED reads the instance lists of the images deferred on it
+#   and writes the merged list of their push job under gateways/<gateway id>/instances/; releasing
+#   a held rejection note to another gateway copies the note under that gateway's prefix;
+# - sweep_jobs: releases held notes it finds ready (FollowUps.check_held), with the same copy;
+# - admin_api: a retry re-routed to the destination's current gateway copies the job's note or
+#   instance list under that gateway's prefix (shared/services/routing.py).
+# roles/storage.objectUser for the reason given above (deterministic names are rewritten). This
+# bucket only.
+resource "google_storage_bucket_iam_member" "objects_bucket_followup_writer" {
+  for_each = toset(["on_job_result", "sweep_jobs", "admin_api"])
+
+  bucket = google_storage_bucket.generated.name
+  role   = "roles/storage.objectUser"
+  member = google_service_account.function[each.key].member
+}
+
 # --- Who may invoke which function --------------------------------------------------------------
 # 2nd gen functions are Cloud Run services: invocation needs roles/run.invoker on the service
 # (roles/cloudfunctions.invoker is the 1st gen role and is not enough).

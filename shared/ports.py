@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 from .domain.jobs import Transition
-from .domain.models import ArchiveState, Destination, Facility, FacilityGroup, Gateway, Job
+from .domain.models import ArchiveState, Deferral, Destination, Facility, FacilityGroup, Gateway, Job
 from .signing import ResultKeys
 
 
@@ -44,6 +44,18 @@ class JobStore(Protocol):
         None if the job does not exist."""
         ...
 
+    def defer(self, facility_group_id: str, job_id: str, deferral: Deferral,
+              accepts: Callable[[Job], bool]) -> Optional[tuple[Job, bool]]:
+        """In one transaction with a read of the job: record ``deferral`` beside it if
+        ``accepts(job)``. Returns the job as read and whether the deferral is recorded (now or by
+        an earlier delivery); None if the job does not exist. A final result written concurrently
+        is either seen here or sees the deferral (followups read them after it)."""
+        ...
+
+    def deferrals(self, facility_group_id: str, job_id: str) -> list[Deferral]:
+        """The job's deferrals, in id order."""
+        ...
+
     def expired_jobs(self, now: datetime, limit: int) -> list[Job]: ...
     def unpublished_jobs(self, now: datetime, limit: int) -> list[Job]: ...
     def lock_holders(self, facility_group_id: str, exam_id: str) -> list[Job]: ...
@@ -64,4 +76,25 @@ class MessageBus(Protocol):
     def publish(self, topic_id: str, data: bytes, attributes: Mapping[str, str]) -> str:
         """Publish and wait for the server's acknowledgement; returns the message id. Raises
         TransientError (retry) or PermanentError (e.g. the topic does not exist)."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """Generated objects (rejection notes, instance lists) in the objects bucket, each under the
+    prefix of the gateway that reads it (gateways/<gateway id>/…)."""
+
+    def put(self, name: str, data: bytes, content_type: str) -> str:
+        """Store (idempotently for deterministic names); the gs:// URI."""
+        ...
+
+    def get(self, uri: str) -> bytes:
+        """The object's bytes; PermanentError if it does not exist."""
+        ...
+
+    def copy(self, uri: str, name: str) -> str:
+        """Copy ``uri`` to ``name`` in the same bucket (idempotent); the new gs:// URI."""
+        ...
+
+    def delete(self, uri: str) -> None:
+        """Delete; an object already gone is fine."""
         ...

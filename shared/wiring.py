@@ -114,7 +114,8 @@ def admin_service(settings: Settings):
     from .services.admin import AdminService
     from .services.jobs import JobsService
 
-    jobs = JobsService(firestore_store(settings), lambda: job_publisher(settings), SystemClock(), settings.timeout_policy)
+    jobs = JobsService(firestore_store(settings), lambda: job_publisher(settings), SystemClock(), settings.timeout_policy,
+                       lambda: object_store(settings))
     return AdminService(firestore_store(settings), provisioner(settings), key_vault(settings), iam_admin(settings),
                         SystemClock(), jobs, result_key_grace_seconds=settings.result_key_grace_seconds)
 
@@ -140,7 +141,8 @@ def followups(settings: Settings):
     from .services.followups import FollowUps
 
     store = firestore_store(settings)
-    return FollowUps(store, store, job_publisher(settings), SystemClock(), settings.timeout_policy)
+    return FollowUps(store, store, job_publisher(settings), SystemClock(), settings.timeout_policy,
+                     objects=object_store(settings))
 
 
 def study_change_service(settings: Settings):

@@ -185,3 +185,27 @@ class AdminAuth:
 
     def headers(self, groups=("fg-1",), **kw: Any) -> dict:
         return {"Authorization": f"Bearer {self.token(groups, **kw)}"}
+
+
+def firestore_size(value: Any) -> int:
+    """Storage size of a Firestore value as Google documents it ("Storage size calculations"):
+    strings UTF-8 bytes + 1, numbers/timestamps 8, booleans/null 1, arrays the sum of their
+    elements, maps the sum of key (as a string) + value. The document's size adds its name and 32."""
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, (int, float, datetime)):
+        return 8
+    if isinstance(value, str):
+        return len(value.encode()) + 1
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(firestore_size(v) for v in value)
+    if isinstance(value, dict):
+        return sum(firestore_size(str(k)) + firestore_size(v) for k, v in value.items())
+    raise TypeError(type(value).__name__)
+
+
+def firestore_document_size(path: str, data: dict) -> int:
+    """A stored document's size (limit 1 MiB = 1,048,576 bytes): name + fields + 32."""
+    return sum(len(seg.encode()) + 1 for seg in path.split("/")) + 16 + firestore_size(data) + 32

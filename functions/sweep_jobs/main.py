@@ -22,7 +22,7 @@ def sweep_jobs(request):
         store = wiring.firestore_store(settings)
         report = SweepService(store, store, wiring.job_publisher(settings), SystemClock(), settings.sweep_batch_size,
                               provisioner=wiring.provisioner(settings), followups=wiring.followups(settings)).run()
-        return json_response({"timed_out": report.timed_out, "republished": report.republished,
+        return json_response({"timed_out": report.timed_out, "held_failed": report.held_failed, "republished": report.republished,
                               "gateways_finished": report.gateways_finished, "errors": report.errors})
 
     return guarded(handle, NAME)

@@ -7,6 +7,7 @@ from typing import Any, Optional
 from ..domain.models import (
     ArchiveState,
     ArchiveStateValue,
+    Deferral,
     Destination,
     ExamStatus,
     Facility,
@@ -159,8 +160,21 @@ def job_from_doc(d: dict[str, Any]) -> Job:
     for k in _JOB_TIMES:
         d[k] = _utc(d.get(k))
     d["counts"] = dict(d.get("counts") or {})
+    # Documents written before issue 11 item 3 may still hold inline lists ("instances",
+    # "deferred_instances"): not fields any more, so they are dropped here.
     known = Job.__dataclass_fields__
     return Job(**{k: v for k, v in d.items() if k in known})
+
+
+def deferral_to_doc(x: Deferral) -> dict[str, Any]:
+    return {"id": x.id, "facility_group_id": x.facility_group_id, "job_id": x.job_id, "instances_uri": x.instances_uri,
+            "instance_count": x.instance_count, "created_at": x.created_at}
+
+
+def deferral_from_doc(d: dict[str, Any]) -> Deferral:
+    return Deferral(id=d["id"], facility_group_id=d["facility_group_id"], job_id=d["job_id"],
+                    instances_uri=d["instances_uri"], instance_count=int(d["instance_count"]),
+                    created_at=_utc(d["created_at"]))
 
 
 def archive_state_to_doc(a: ArchiveState) -> dict[str, Any]:

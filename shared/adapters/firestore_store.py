@@ -6,6 +6,7 @@ Layout (everything under the tenant, so a path always names its facility group):
   facility_groups/{fg}/gateways/{gateway}
   facility_groups/{fg}/destinations/{destination}
   facility_groups/{fg}/jobs/{job}                          ids from shared.domain.rules.job_id
+  facility_groups/{fg}/jobs/{job}/deferrals/{event}        instances added while an ARCHIVE job ran
   facility_groups/{fg}/exams/{exam}/archive_states/{destination}
 The order lock is the ``lock_held`` flag of the exam's running archive jobs: it is cleared in the
 same write that makes a job final, so a lock cannot outlive its job.
@@ -26,6 +27,7 @@ from ..domain.jobs import Transition
 from ..domain.models import (
     OPEN_JOB_STATES,
     ArchiveState,
+    Deferral,
     Destination,
     Facility,
     FacilityGroup,
@@ -43,6 +45,7 @@ GATEWAYS = "gateways"
 DESTINATIONS = "destinations"
 JOBS = "jobs"
 EXAMS = "exams"
+DEFERRALS = "deferrals"
 ARCHIVE_STATES = "archive_states"
 
 # Query shapes that need a composite index in production (declared in infra/firestore.tf; the
@@ -230,6 +233,43 @@ class FirestoreStore:
 
         with _translated():
             return run(self._db.transaction())
+
+    def defer(self, facility_group_id: str, job_id: str, deferral: Deferral,
+              accepts: Callable[[Job], bool]) -> Optional[tuple[Job, bool]]:
+        """A deferral is its own small document beside the job, created in a transaction that
+        reads the job: the job document is neither grown nor written (a burst of late images would
+        make it large and hot: ~1 write/s per document), and a final result committed concurrently
+        is serialised with it (read lock on the job), so either the deferral sees the final state or
+        the follow-ups that run after the result see the deferral."""
+        job_ref = self._job_ref(facility_group_id, job_id)
+        ref = job_ref.collection(DEFERRALS).document(deferral.id)
+
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> Optional[tuple[Job, bool]]:
+            snap = job_ref.get(transaction=tx)
+            self._read()
+            if not snap.exists:
+                return None
+            job = codec.job_from_doc(snap.to_dict())
+            existing = ref.get(transaction=tx)
+            self._read()
+            if existing.exists:  # a redelivery of the same event
+                return job, True
+            if not accepts(job):
+                return job, False
+            tx.create(ref, codec.deferral_to_doc(deferral))
+            self.ops.writes += 1
+            return job, True
+
+        with _translated():
+            return run(self._db.transaction())
+
+    def deferrals(self, facility_group_id: str, job_id: str) -> list[Deferral]:
+        coll = self._job_ref(facility_group_id, job_id).collection(DEFERRALS)
+        with _translated():
+            docs = list(coll.order_by("__name__").stream())
+        self._read(len(docs))
+        return [codec.deferral_from_doc(d.to_dict()) for d in docs]
 
     def expired_jobs(self, now: datetime, limit: int) -> list[Job]:
         q = (

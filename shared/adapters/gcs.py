@@ -12,7 +12,7 @@ from typing import Any, Optional
 from google.api_core import exceptions as gexc
 
 from .. import logs
-from ..domain.errors import Conflict
+from ..domain.errors import Conflict, PermanentError
 from ..signing import ResultKeys
 from .errors import translated
 
@@ -231,8 +231,9 @@ class BucketIam(_Storage):
 
 
 class ObjectStore(_Storage):
-    """Generated objects (rejection notes) in the objects bucket, each under the prefix of the gateway
-    that will read it: its service account may read nothing else (docs/admin-api.md)."""
+    """The ObjectStore port: generated objects (rejection notes, instance lists) in the objects
+    bucket, each under the prefix of the gateway that will read it: its service account may read
+    nothing else (docs/admin-api.md)."""
 
     def __init__(self, bucket: str, client: Optional[Any] = None):
         super().__init__(client)
@@ -248,3 +249,26 @@ class ObjectStore(_Storage):
         with translated("store object"):
             self.bucket.blob(name).upload_from_string(data, content_type=content_type)
         return f"gs://{self._bucket_name}/{name}"
+
+    def _name(self, uri: str) -> str:
+        prefix = f"gs://{self._bucket_name}/"
+        if not uri.startswith(prefix):
+            raise PermanentError("object URI outside the objects bucket")
+        return uri[len(prefix):]
+
+    def get(self, uri: str) -> bytes:
+        self.calls += 1
+        with translated("read object"):
+            return self.bucket.blob(self._name(uri)).download_as_bytes()
+
+    def copy(self, uri: str, name: str) -> str:
+        """Server-side copy (no bytes through the function); rewriting the same name is idempotent."""
+        self.calls += 1
+        with translated("copy object"):
+            self.bucket.copy_blob(self.bucket.blob(self._name(uri)), self.bucket, name)
+        return f"gs://{self._bucket_name}/{name}"
+
+    def delete(self, uri: str) -> None:
+        self.calls += 1
+        with translated("delete object", missing_ok=True):
+            self.bucket.blob(self._name(uri)).delete()

@@ -43,6 +43,75 @@ def _archive_state(job: Job, value: ArchiveStateValue, at: datetime) -> Optional
     return ArchiveState(job.facility_group_id, job.exam_id, job.destination_id, value, job.id, at)
 
 
+# Failure reasons (issue 11 item 17): a job's reason names every distinct failure of its attempts.
+REASON_MAX = 2000  # one attempt's reason: job-result.v1 "reason" maxLength
+FAILURE_REASON_MAX = 4000  # the combined reason shown in the Jobs tab
+FAILURE_HISTORY_MAX = 20  # distinct reasons kept on the job (the first and the latest ones)
+
+
+def record_failure(history: list, attempt: int, reason: str) -> list:
+    """``history`` with ``attempt`` failed for ``reason``: distinct reasons in the order first seen,
+    each with the attempts it ended; a new reason for the same attempt (the gateway's own result
+    after a timeout) replaces the old one."""
+    reason = (reason or "").strip()[:REASON_MAX] or "No reason given."
+    out = [{"reason": e["reason"], "attempts": [a for a in e["attempts"] if a != attempt]} for e in history]
+    out = [e for e in out if e["attempts"]]
+    same = next((e for e in out if e["reason"] == reason), None)
+    if same is not None:
+        same["attempts"] = sorted({*same["attempts"], attempt})
+    else:
+        out.append({"reason": reason, "attempts": [attempt]})
+    if len(out) > FAILURE_HISTORY_MAX:  # keep the first failure and the latest ones
+        out = out[:1] + out[-(FAILURE_HISTORY_MAX - 1):]
+    return out
+
+
+def forget_attempt(history: list, attempt: int) -> list:
+    """``history`` without ``attempt`` (it did not fail after all: a late COMPLETED after a timeout)."""
+    out = [{"reason": e["reason"], "attempts": [a for a in e["attempts"] if a != attempt]} for e in history]
+    return [e for e in out if e["attempts"]]
+
+
+def render_failures(history: list) -> Optional[str]:
+    """One attempt, one reason: the reason itself. Otherwise "attempt 1: A; attempts 2, 3: B",
+    bounded by dropping middle entries (the first and the latest stay)."""
+    if not history:
+        return None
+    if len(history) == 1 and len(history[0]["attempts"]) == 1:
+        return history[0]["reason"]
+    parts = [f"attempt{'s' if len(e['attempts']) > 1 else ''} {', '.join(map(str, e['attempts']))}: {e['reason']}"
+             for e in history]
+    text = "; ".join(parts)
+    if len(text) > FAILURE_REASON_MAX:
+        first, rest = parts[0], parts[1:]
+        budget = FAILURE_REASON_MAX - len(first) - len("; (99 more reasons omitted)")
+        kept: list[str] = []
+        for part in reversed(rest):  # the latest ones that fit; the last one always
+            if kept and len(part) + 2 > budget:
+                break
+            kept.insert(0, part)
+            budget -= len(part) + 2
+        omitted = len(rest) - len(kept)
+        text = "; ".join([first, *([f"({omitted} more reason{'s' if omitted > 1 else ''} omitted)"] if omitted else []), *kept])
+    return text if len(text) <= FAILURE_REASON_MAX else text[:FAILURE_REASON_MAX - 1] + "…"
+
+
+def failure(job: Job, reason: str) -> dict:
+    """The fields that record the current attempt's failure on ``job`` (dataclasses.replace)."""
+    history = record_failure(job.failure_history, job.attempt, reason)
+    return {"failure_history": history, "failure_reason": render_failures(history)}
+
+
+def accepts_deferrals(job: Job) -> bool:
+    """Whether instances added now wait for this ARCHIVE job's outcome: while it runs, and after it
+    timed out (archive state UNKNOWN), because the gateway's late COMPLETED may still come and seed
+    000 promises "Images will not be missed" (issue 11 item 11). Not after a gateway FAILED: a
+    retry sends the whole study, late images included."""
+    if job.type is not JobType.ARCHIVE:
+        return False
+    return not job.state.is_final or (job.state is JobState.FAILED and job.timed_out)
+
+
 def _clamp(t: datetime, lo: datetime, hi: datetime) -> datetime:
     # Gateway clocks drift: keep reported times between queueing and receipt.
     return max(lo, min(t, hi))
@@ -79,31 +148,32 @@ def apply_result(
         return Transition("duplicate" if job.state is result.state else "ignored")
 
     value = ArchiveStateValue.ARCHIVED if result.state is JobState.COMPLETED else ArchiveStateValue.FAILED
-    reason = None
     if result.state is JobState.FAILED:
-        reason = (result.reason or "").strip() or "The gateway reported a failure without a reason."
+        reasons = failure(job, (result.reason or "").strip() or "The gateway reported a failure without a reason.")
+    else:  # this attempt did not fail (a timeout's "unknown" included); earlier attempts' reasons stay
+        reasons = {"failure_history": forget_attempt(job.failure_history, job.attempt), "failure_reason": None}
     new = dataclasses.replace(
         job,
         state=result.state,
         started_at=job.started_at or at,
         completed_at=at,
-        failure_reason=reason,
         counts=dict(result.counts or {}),
         lock_held=False,
         timed_out=False,
+        **reasons,
     )
     return Transition("applied", new, _archive_state(job, value, now), lock_released=job.lock_held)
 
 
 def time_out(job: Job, *, now: datetime) -> Transition:
     """The sweeper's transition for a job past its deadline with no final result."""
-    if job.state.is_final or job.deadline > now:
+    if job.state.is_final or job.deadline > now or job.held:  # a held job's deadline is its next check
         return Transition("ignored")
     reason = (
         "No result from the gateway within the timeout window "
         f"(deadline {job.deadline.isoformat(timespec='seconds')}); last state {job.state.value}."
     )
     new = dataclasses.replace(
-        job, state=JobState.FAILED, completed_at=now, failure_reason=reason, lock_held=False, timed_out=True
+        job, state=JobState.FAILED, completed_at=now, lock_held=False, timed_out=True, **failure(job, reason)
     )
     return Transition("applied", new, _archive_state(job, ArchiveStateValue.UNKNOWN, now), lock_released=job.lock_held)

@@ -85,8 +85,10 @@ def job_message(job: Job, destination: Destination) -> tuple[bytes, dict[str, st
             body["study"]["storage_uri"] = job.study_storage_uri
     if job.hl7:
         body["hl7"] = dict(job.hl7)
-    if job.instances:
-        body["instances"] = list(job.instances)
+    if job.instances_uri:  # the list itself stays in Cloud Storage: the message stays small
+        body["instances_uri"] = job.instances_uri
+    if job.instance_count:
+        body["instance_count"] = job.instance_count
     if job.object_uri:
         body["object_uri"] = job.object_uri
     attributes = {

@@ -206,8 +206,12 @@ class Job:
     counts: dict = field(default_factory=dict)
     source_event_id: str = ""
     study_storage_uri: str = ""
-    # DICOM jobs: the instances to send ({series_instance_uid, sop_class_uid, sop_instance_uid}).
-    instances: list = field(default_factory=list)
+    # DICOM jobs: the instances to send, as a JSON object (contract instance-list.v1) in Cloud
+    # Storage under the gateway's own prefix, never inline: a study change may name 50,000
+    # instances and a Firestore document holds 1 MiB (issue 11 item 3; docs/iocm-hl7.md).
+    instances_uri: str = ""
+    # How many instances the job is about: DICOM, the list at instances_uri; IOCM, the note's references.
+    instance_count: int = 0
     # IOCM jobs: the generated rejection note (gs:// URI under the gateway's own prefix).
     object_uri: str = ""
     # Ordering (IHE IOCM: store the copies before rejecting the originals): a held job is published
@@ -217,8 +221,23 @@ class Job:
     dependents: list = field(default_factory=list)
     # ADT jobs: {"host", "port", "message" (ER7), "control_id"}.
     hl7: dict = field(default_factory=dict)
-    # ARCHIVE jobs: instances added while the job ran, pushed by a DICOM job when it completes.
-    deferred_instances: list = field(default_factory=list)
+    # Every distinct failure reason of this job's attempts, oldest first, bounded
+    # ({"reason", "attempts"}; shared/domain/jobs.py record_failure): a manual retry keeps them.
+    failure_history: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """Instances added while an ARCHIVE job was open or timed out (rule 5; seed 000: "Images will
+    not be missed"): one record per study-changed event beside the job (never in its document: a
+    burst of late images would make it large and hot), pushed by a DICOM job once it COMPLETED."""
+
+    id: str  # the study-changed event id
+    facility_group_id: str
+    job_id: str  # the ARCHIVE job
+    instances_uri: str  # instance-list.v1 object under the gateway's prefix
+    instance_count: int
+    created_at: datetime
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ from .. import logs
 from ..auth import Caller
 from ..clock import iso
 from ..domain import job_query
-from ..domain.errors import Conflict, MalformedInput, NotFound
+from ..domain.errors import Conflict, MalformedInput, NotFound, PermanentError
 from ..domain.jobs import Transition
 from ..domain.models import LOCKING_TRIGGERS, NOT_ARCHIVED, ExamStatus, Job, JobState, JobType
 from ..domain.rules import TimeoutPolicy
 from ..domain.validation import is_valid_id
-from ..ports import Clock
+from ..ports import Clock, ObjectStore
+from .routing import rehome
 
 ARCHIVE_STATE_LABELS = {  # seed 000 "Archive States"
     "ARCHIVED": ("Archived", "IOCM messages are generated for subsequent changes."),
@@ -55,9 +56,12 @@ def job_row(job: Job, facility_names: Mapping[str, str], tz: Any = None) -> dict
 
 
 class JobsService:
-    def __init__(self, store: Any, publisher: Callable[[], Any], clock: Clock, policy: TimeoutPolicy):
-        """``publisher`` builds the JobPublisher on first need (only a retry publishes)."""
+    def __init__(self, store: Any, publisher: Callable[[], Any], clock: Clock, policy: TimeoutPolicy,
+                 objects: Callable[[], ObjectStore]):
+        """``publisher`` builds the JobPublisher on first need (only a retry publishes);
+        ``objects`` the ObjectStore (only a retry that re-routes a job copies its objects)."""
         self._store, self._publisher, self._clock, self._policy = store, publisher, clock, policy
+        self._objects = objects
 
     def list(self, caller: Caller, fg: str, params: Mapping[str, str]) -> dict:
         caller.require_group(fg)
@@ -75,21 +79,42 @@ class JobsService:
 
     def retry(self, caller: Caller, fg: str, job_id: str) -> dict:
         """Seed 000 "Retrying Failed Jobs": the same job, attempt + 1, back to QUEUED and published
-        again with the destination's *current* max retries and retry timeout."""
+        again with the destination's *current* max retries and retry timeout, through the
+        destination's *current* gateway (issue 11 item 15). Earlier attempts' failure reasons are
+        kept (item 17). A rejection note that waits for the copies of moved instances is retried
+        only once those are stored (item 10)."""
         caller.require_group(fg)
         job = self._store.get_job(fg, job_id) if is_valid_id(job_id) else None
         if job is None:
             raise NotFound("job not found")
         destination = self._store.get_destination(fg, job.destination_id)
-        gateway = self._store.get_gateway(fg, job.gateway_id) if destination else None
+        gateway = self._store.get_gateway(fg, destination.gateway_id) if destination else None
         if destination is None or gateway is None or gateway.provisioning_state != "READY":
             raise Conflict("The job's destination or gateway no longer exists: it cannot be retried.")
+        if job.waits_for:
+            # IHE IOCM (digest A5): reject originals only once their copies are stored. Sent alone,
+            # this note would hide the originals from an archive that never got the copies.
+            copy = self._store.get_job(fg, job.waits_for)
+            if copy is None or copy.state is not JobState.COMPLETED:
+                state = job_query.STATE_LABELS[copy.state.value] if copy else "missing"
+                raise Conflict(f"This rejection note waits for job {job.waits_for}, which stores the copies of the "
+                               f"moved instances and is {state}: retry that job first; the note can be retried once it "
+                               "is Completed.")
+        moved: dict = {}
+        if gateway.id != job.gateway_id and job.state is JobState.FAILED:
+            try:  # copies under the new gateway's prefix, before the job names them
+                moved = rehome(self._objects(), job, gateway.id) if job.object_uri or job.instances_uri else {
+                    "gateway_id": gateway.id}
+            except PermanentError:
+                raise Conflict("The job's generated object no longer exists (retention): it cannot be retried.") from None
         now = self._clock.now()
         lease = self._publisher().lease
 
         def requeue(j: Job) -> Transition:
             if j.state is not JobState.FAILED:
                 raise Conflict(f"Only a failed job can be retried; this one is {job_query.STATE_LABELS[j.state.value]}.")
+            if j.gateway_id != job.gateway_id:
+                raise Conflict("The job changed while it was being retried: try again.")
             trigger = ExamStatus(j.trigger_status) if j.trigger_status else None
             return Transition("applied", dataclasses.replace(
                 j, state=JobState.QUEUED, attempt=j.attempt + 1, queued_at=now, started_at=None, completed_at=None,
@@ -98,12 +123,14 @@ class JobsService:
                 deadline=self._policy.deadline_from_queued(now, destination.max_retries, destination.retry_timeout_seconds),
                 published=False, published_at=None, publish_lease_until=now + lease,
                 # An archive job triggered at Pending/Inflight locks the order again while it runs.
-                lock_held=j.type is JobType.ARCHIVE and trigger in LOCKING_TRIGGERS))
+                lock_held=j.type is JobType.ARCHIVE and trigger in LOCKING_TRIGGERS, **moved))
 
         t = self._store.transact_job(fg, job.id, requeue)
-        self._store.audit(fg, caller.label, "job.retry", "job", job.id, now, fields=["attempt"])
+        self._store.audit(fg, caller.label, "job.retry", "job", job.id, now,
+                          fields=["attempt", *(["gateway_id"] if moved else [])])
         self._publisher().publish(t.job, destination, gateway)
-        logs.info("job retried", job_id=job.id, attempt=t.job.attempt, facility_group_id=fg)
+        logs.info("job retried", job_id=job.id, attempt=t.job.attempt, gateway_id=gateway.id,
+                  rerouted_from=job.gateway_id if moved else None, facility_group_id=fg)
         return job_row(t.job, self._store.facilities(fg))
 
     def exam_archive_states(self, caller: Caller, fg: str, exam_id: str) -> dict:

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from .. import logs
 from ..domain.errors import PermanentError, TransientError
-from ..domain.jobs import Transition
+from ..domain.jobs import Transition, failure
 from ..domain.messages import job_message
 from ..domain.models import Destination, Gateway, Job, JobState
 from ..ports import Clock, JobStore, MessageBus
@@ -75,7 +75,7 @@ class JobPublisher:
                 return Transition("ignored")
             return Transition("applied", dataclasses.replace(
                 current, state=JobState.FAILED, completed_at=now, lock_held=False,
-                failure_reason=f"Job could not be delivered to the gateway: {why}."))
+                **failure(current, f"Job could not be delivered to the gateway: {why}.")))
 
         self._jobs.transact_job(job.facility_group_id, job.id, fail)
         logs.error("job undeliverable", job_id=job.id, reason=why, facility_group_id=job.facility_group_id)

@@ -9,7 +9,7 @@ from .. import contracts, logs
 from ..domain.errors import MalformedInput, NotFound, Unauthorized
 from ..domain.jobs import Transition, apply_result
 from ..domain.messages import gateway_result
-from ..domain.models import Job
+from ..domain.models import Job, JobState, JobType
 from ..domain.rules import TimeoutPolicy
 from ..domain.validation import is_valid_id
 from ..ports import Clock, JobStore, SecretStore
@@ -48,6 +48,8 @@ class ResultService:
         result = gateway_result(payload)
 
         def decide(job: Job) -> Transition:
+            # Only the gateway the job's current attempt was published to may report on it (a retry
+            # re-routes the job to its destination's current gateway: jobs.py, issue 11 item 15).
             if job.gateway_id != gateway_id:
                 raise NotFound("unknown job")  # another gateway's job: do not reveal it exists
             return apply_result(job, result, now=self._clock.now(), policy=self._policy)
@@ -58,7 +60,9 @@ class ResultService:
         if result.state.is_final and self._followups is not None:
             # Also on repeats: a crash after the result but before its follow-ups is mended by the retry.
             job = transition.job or self._jobs.get_job(group, result.job_id)
-            if job is not None and job.state.is_final and (job.deferred_instances or job.dependents):
+            # An ARCHIVE job that COMPLETED may have deferrals beside it (one small query to know).
+            if job is not None and job.state.is_final and (job.dependents or (
+                    job.type is JobType.ARCHIVE and job.state is JobState.COMPLETED)):
                 self._followups().after_final(job)
         logs.info("job result", job_id=result.job_id, attempt=result.attempt, reported=result.state.value,
                   outcome=transition.outcome, lock_released=transition.lock_released,

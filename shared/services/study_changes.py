@@ -8,7 +8,13 @@ Per destination, independently:
   study) are pushed first; the rejection note for the originals (IOCM-capable destinations only)
   is held until that push completed, and failed if it did not (digest A5);
 - added instances: pushed where the exam is ARCHIVED (a plain store: no IOCM support needed); if
-  the archive job is still running they are pushed when it completes (FollowUps)."""
+  the archive job is still running, or timed out (UNKNOWN: its late result may still come), they
+  are deferred on it and pushed when it completes (FollowUps).
+
+Instance lists never enter a job document or message (issue 11 item 3): a DICOM job's list is an
+instance-list.v1 object in Cloud Storage under the gateway's prefix, an IOCM job's list is its
+rejection note; the job holds the URI and a count. Objects are written before the job that names
+them, under names derived from the job's deterministic id."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,10 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .. import logs
-from ..domain.errors import MalformedInput
-from ..domain.jobs import Transition
+from ..domain import instance_lists
+from ..domain.errors import MalformedInput, PermanentError
+from ..domain.jobs import accepts_deferrals
 from ..domain.models import (
     ArchiveStateValue,
+    Deferral,
     Destination,
     Gateway,
     Job,
@@ -29,7 +37,7 @@ from ..domain.models import (
     StudyChanged,
 )
 from ..domain.rules import TimeoutPolicy, archive_job_id, job_id
-from ..ports import Clock
+from ..ports import Clock, ObjectStore
 from .followups import HELD_UNTIL, FollowUps
 from .publisher import JobPublisher
 
@@ -46,7 +54,7 @@ class StudyOutcome:
 
 
 class StudyChangeService:
-    def __init__(self, config: Any, jobs: Any, publisher: JobPublisher, followups: FollowUps, objects: Any,
+    def __init__(self, config: Any, jobs: Any, publisher: JobPublisher, followups: FollowUps, objects: ObjectStore,
                  clock: Clock, policy: TimeoutPolicy):
         self._config, self._jobs, self._publisher, self._followups = config, jobs, publisher, followups
         self._objects, self._clock, self._policy = objects, clock, policy
@@ -98,28 +106,38 @@ class StudyChangeService:
 
     def _added(self, event: StudyChanged, template: Job, archived: bool) -> StudyOutcome:
         instances = [i.as_dict() for i in event.instances]
+        d_id = template.destination_id
         if archived:
-            job = self._followups.push_instances(template, instances, event.event_id)
-            return StudyOutcome(template.destination_id, "push", "", (job.id,) if job else ())
-        # Not archived (yet): if its archive job is running, the images go when it completes.
-        fg, archive_id = event.facility_group_id, archive_job_id(event.facility_group_id, event.exam_id, template.destination_id)
-
-        def defer(job: Job) -> Transition:
-            if job.state.is_final:  # nothing to write; the outcome says how it ended
-                return Transition("completed" if job.state is JobState.COMPLETED else "ended")
-            known = {i["sop_instance_uid"] for i in job.deferred_instances}
-            extra = [i for i in instances if i["sop_instance_uid"] not in known]
-            return Transition("applied", dataclasses.replace(job, deferred_instances=job.deferred_instances + extra))
-
-        t = self._jobs.transact_job(fg, archive_id, defer)
+            return self._pushed(d_id, self._followups.push_instances(template, event.event_id, instances=instances))
+        # Not archived (yet): if its archive job runs, or timed out and may still complete, the
+        # images wait for its outcome (rule 5; issue 11 item 11).
+        fg, archive_id = event.facility_group_id, archive_job_id(event.facility_group_id, event.exam_id, d_id)
+        archive = self._jobs.get_job(fg, archive_id)
+        if archive is None:
+            return StudyOutcome(d_id, "skipped", "never archived here")
+        if archive.state is not JobState.COMPLETED and not accepts_deferrals(archive):
+            return StudyOutcome(d_id, "skipped", "archive job failed: retrying it sends the whole study")
+        # The list goes to the bucket first, named like the push job it becomes if sent alone.
+        push_id = job_id(JobType.DICOM, fg, event.exam_id, d_id, event.event_id)
+        uri = self._objects.put(instance_lists.object_name(template.gateway_id, push_id),
+                                instance_lists.encode(event.study_instance_uid, instances), "application/json")
+        deferral = Deferral(event.event_id, fg, archive_id, uri, len(instances), self._clock.now())
+        t = self._jobs.defer(fg, archive_id, deferral, accepts_deferrals)
         if t is None:
-            return StudyOutcome(template.destination_id, "skipped", "never archived here")
-        if t.outcome == "applied":
-            return StudyOutcome(template.destination_id, "deferred", "archive job running", (archive_id,))
-        if t.outcome == "completed":  # finished in the meantime: the exam is archived there now
-            job = self._followups.push_instances(template, instances, event.event_id)
-            return StudyOutcome(template.destination_id, "push", "", (job.id,) if job else ())
-        return StudyOutcome(template.destination_id, "skipped", "archive job failed: retrying it sends the whole study")
+            return StudyOutcome(d_id, "skipped", "never archived here")
+        job, deferred = t
+        if deferred:
+            return StudyOutcome(d_id, "deferred", "archive job running" if not job.state.is_final else
+                                "archive job timed out: waiting for its late result", (archive_id,))
+        if job.state is JobState.COMPLETED:  # finished in the meantime: the exam is archived there now
+            return self._pushed(d_id, self._followups.push_instances(template, event.event_id, instances_uri=uri,
+                                                                     instance_count=len(instances)))
+        # The list is left to the bucket's retention rule: a concurrent redelivery may still use it.
+        return StudyOutcome(d_id, "skipped", "archive job failed: retrying it sends the whole study")
+
+    @staticmethod
+    def _pushed(destination_id: str, job: Optional[Job]) -> StudyOutcome:
+        return StudyOutcome(destination_id, "push", "", (job.id,) if job else ())
 
     def _moved(self, event: StudyChanged, template: Job, d: Destination, gw: Gateway, note: Optional[bytes]) -> StudyOutcome:
         target = event.target
@@ -127,9 +145,14 @@ class StudyChangeService:
         dependents: tuple[str, ...] = ()
         if note is not None:  # the held note exists before the push that releases it
             dependents = (self._rejection_job(event, template, d, gw, note, waits_for=copy_id).id,)
-        copy = self._followups.push_instances(template, [i.as_dict() for i in target.instances], event.event_id,
+        copy = self._followups.push_instances(template, event.event_id, instances=[i.as_dict() for i in target.instances],
                                               storage_uri=target.storage_uri, study_uid=target.study_instance_uid,
                                               exam_id=target.exam_id, held_dependents=dependents)
+        if copy is None:  # destination or gateway went away meanwhile: the note can never be released
+            for dependent in dependents:
+                self._followups.fail_held(event.facility_group_id, dependent, (
+                    "Not sent: the copies of the moved instances could not be queued (destination or gateway gone), "
+                    "so the originals are not rejected."))
         return StudyOutcome(d.id, "push_then_rejection_note" if dependents else "push", "",
                             tuple(x for x in ((copy.id if copy else None), *dependents) if x))
 
@@ -161,13 +184,20 @@ class StudyChangeService:
         jid = job_id(JobType.IOCM, fg, event.exam_id, d.id, event.event_id)
         uri = self._objects.put(f"gateways/{gw.id}/iocm/{jid}.dcm", note, "application/dicom")
         now = self._clock.now()
+        # The note is the list of rejected instances: the job holds its URI and a count only.
         job = dataclasses.replace(
-            template, id=jid, type=JobType.IOCM, object_uri=uri, instances=[i.as_dict() for i in event.instances],
+            template, id=jid, type=JobType.IOCM, object_uri=uri, instance_count=len(event.instances),
             held=bool(waits_for), waits_for=waits_for,
-            # A held job is neither published by the outbox sweep nor timed out until released.
-            publish_lease_until=HELD_UNTIL if waits_for else now + self._publisher.lease,
-            deadline=HELD_UNTIL if waits_for else template.deadline)
-        if self._jobs.create_job(job):
+            # A held job is not published by the outbox sweep until released; its deadline is when
+            # the sweeper checks the job it waits for (FollowUps.check_held), never a timeout.
+            publish_lease_until=HELD_UNTIL if waits_for else now + self._publisher.lease)
+        try:
+            created = self._jobs.create_job(job)
+        except PermanentError:
+            if self._jobs.get_job(fg, jid) is None:
+                self._objects.delete(uri)  # no job will ever name it: leave no orphan note behind
+            raise
+        if created:
             if not waits_for:
                 self._publisher.publish(job, d, gw)
         else:

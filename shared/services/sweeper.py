@@ -1,5 +1,7 @@
-"""``sweep_jobs``: time out jobs without a final result (archive state UNKNOWN, lock released) and
-publish any job whose message was never sent (the outbox's safety net)."""
+"""``sweep_jobs``: time out jobs without a final result (archive state UNKNOWN, lock released),
+look at held jobs whose check time came (released, failed if what they wait for can never
+complete, or checked again later: FollowUps.check_held), and publish any job whose message was
+never sent (the outbox's safety net)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from .publisher import JobPublisher
 @dataclass
 class SweepReport:
     timed_out: list[str] = field(default_factory=list)
+    held_failed: list[str] = field(default_factory=list)  # held jobs whose awaited job can never complete
     republished: list[str] = field(default_factory=list)
     gateways_finished: list[str] = field(default_factory=list)  # abandoned provisioning/deletions
     errors: int = 0
@@ -34,6 +37,10 @@ class SweepService:
         report = SweepReport()
         now = self._clock.now()
         for job in self._jobs.expired_jobs(now, self._batch):
+            if job.held:  # its deadline is when to look at the job it waits for, not a timeout
+                if self._followups is not None and self._followups.check_held(job) == "failed":
+                    report.held_failed.append(job.id)
+                continue
             t = self._jobs.transact_job(job.facility_group_id, job.id, lambda j: time_out(j, now=self._clock.now()))
             if t is not None and t.outcome == "applied":
                 report.timed_out.append(job.id)

@@ -285,6 +285,51 @@ def test_dicom_job_sends_exactly_the_listed_instances(world):
     assert world.archive.study(STUDY) == {f.sop_instance_uid for f in files[2:]}
 
 
+def put_list(world, files, name: str = "dicom-list") -> str:
+    """An instance-list.v1 object under the gateway's prefix, as the cloud writes it."""
+    from shared.domain import instance_lists
+
+    blob = f"gateways/gw-1/instances/{name}.json"
+    world.stack.gcs.bucket(world.stack.objects_bucket).blob(blob).upload_from_string(
+        instance_lists.encode(STUDY, [f.ref() for f in files]))
+    return f"gs://{world.stack.objects_bucket}/{blob}"
+
+
+def test_dicom_job_sends_exactly_the_instances_of_its_list_in_storage(world):
+    """Issue 11 item 3: the list is an object beside the note, not in the message."""
+    files = world.study(4)
+    uri = put_list(world, files[1:3])
+    out = world.runner.run(job("DICOM", port=world.archive.port, uri=world.uri, instances_uri=uri, instance_count=2))
+    assert out.state == "COMPLETED" and out.counts["total"] == 2 and out.counts["sent"] == 2
+    assert world.archive.study(STUDY) == {f.sop_instance_uid for f in files[1:3]}
+
+
+@pytest.mark.parametrize("count,uri,why", [
+    (3, None, "lists 2 instances, the job says 3; nothing sent"),
+    (2, "gateways/gw-1/instances/absent.json", "not found in Cloud Storage"),
+])
+def test_a_corrupt_or_missing_instance_list_fails_without_sending(world, count, uri, why):
+    files = world.study(2)
+    uri = f"gs://{world.stack.objects_bucket}/{uri}" if uri else put_list(world, files)
+    out = world.runner.run(job("DICOM", port=world.archive.port, uri=world.uri, instances_uri=uri, instance_count=count))
+    assert out.state == "FAILED" and why in out.reason and "not retried: permanent" in out.reason
+    assert world.archive.stores == 0 and world.sleeps == []
+
+
+def test_the_failure_reason_names_every_distinct_failure_of_the_tries(world):
+    """Issue 11 item 17: the first try's cause is not replaced by the last try's."""
+    world.study(2)
+    world.archive.fail_store_with = 0xA700
+    runner = JobRunner(ObjectFetcher(FAKE_SA, world.stack.project), Network(5, 3, 3), CommitmentWaiter(),
+                       work_dir=str(world.runner._work_dir),
+                       sleep=lambda s: setattr(world.archive, "fail_store_with", 0xA702))  # another cause from try 2 on
+    out = runner.run(job(port=world.archive.port, uri=world.uri, max_retries=2))
+    assert out.state == "FAILED"
+    assert out.reason.startswith("try 1: 2 of 2 instances not stored") and "0xA700" in out.reason
+    assert "; tries 2, 3: 2 of 2 instances not stored" in out.reason and out.reason.endswith("(after 3 attempts)")
+    assert out.reason.index("0xA700") < out.reason.index("0xA702")
+
+
 def test_dicom_job_for_instances_not_yet_in_storage_fails_after_retries(world):
     world.study(1)
     missing = {"series_instance_uid": "1.2.3", "sop_class_uid": CT, "sop_instance_uid": "1.2.3.4"}

@@ -50,15 +50,21 @@ def set_state(stack, dest_id: str, state: str) -> None:
 
 @pytest.fixture
 def world(stack):
+    return study_world(stack)
+
+
+def study_world(stack):
+    """Two gateways, the exam, and the study-change, follow-up and result services on ``stack``."""
     for g in ("gw-1", "gw-2"):
         stack.add_gateway(gateway(g))
     stack.secrets.save_result_key("fg-1", "gw-1", RESULT_KEY)
     stack.store.record_exam("fg-1", {"exam_id": "exam-1", "study_instance_uid": STUDY_UID, "facility_id": "fac-a",
                                      "accession_number": "ACC-0001", "mrn": "MRN-777", "patient_name": "DOE^JANE"})
     policy = TimeoutPolicy()
-    stack.followups = FollowUps(stack.store, stack.store, stack.job_publisher, stack.clock, policy)
-    stack.service = StudyChangeService(stack.store, stack.store, stack.job_publisher, stack.followups,
-                                       ObjectStore(stack.objects_bucket, stack.gcs), stack.clock, policy)
+    stack.objects = ObjectStore(stack.objects_bucket, stack.gcs)
+    stack.followups = FollowUps(stack.store, stack.store, stack.job_publisher, stack.clock, policy, objects=stack.objects)
+    stack.service = StudyChangeService(stack.store, stack.store, stack.job_publisher, stack.followups, stack.objects,
+                                       stack.clock, policy)
     stack.results = ResultService(stack.store, stack.secrets, stack.clock, policy, 10**9, followups=lambda: stack.followups)
     return stack
 
@@ -70,6 +76,16 @@ def handle(world, payload):
 def jobs(world, type_=None):
     docs = [d.to_dict() for d in world.db.collection("facility_groups/fg-1/jobs").stream()]
     return [d for d in docs if type_ is None or d["type"] == type_]
+
+
+def listed(world, job_or_msg) -> list[str]:
+    """The SOP Instance UIDs of a job's (or message's) instance list in Cloud Storage."""
+    from shared.domain import instance_lists
+
+    uri = job_or_msg["instances_uri"]
+    study, items = instance_lists.decode(world.objects.get(uri))
+    assert len(items) == job_or_msg["instance_count"]
+    return [i["sop_instance_uid"] for i in items]
 
 
 def messages(world, gw="gw-1", expect=None):
@@ -103,7 +119,7 @@ def test_deletion_goes_only_to_active_iocm_destinations_where_archived(world):
     assert job["object_uri"] == f"gs://{world.objects_bucket}/gateways/gw-1/iocm/{job['id']}.dcm"
     [msg] = messages(world, expect=1)
     assert msg["job_type"] == "IOCM" and msg["object_uri"] == job["object_uri"]
-    assert [i["sop_instance_uid"] for i in msg["instances"]] == [f"{UID}.20.1", f"{UID}.20.2"]
+    assert msg["instance_count"] == 2 and "instances" not in msg and "instances" not in job  # the note is the list
 
 
 def test_series_deleted_and_redelivery_make_one_note(world):
@@ -151,9 +167,10 @@ def test_added_instances_are_pushed_where_archived_without_iocm_support(world):
     out = handle(world, event("INSTANCES_ADDED", [inst(7)]))
     assert out["plain"].action == "push" and out["never"].action == "skipped"
     [job] = jobs(world)
-    assert job["type"] == "DICOM" and [i["sop_instance_uid"] for i in job["instances"]] == [f"{UID}.20.7"]
+    assert job["type"] == "DICOM" and listed(world, job) == [f"{UID}.20.7"]
+    assert job["instances_uri"] == f"gs://{world.objects_bucket}/gateways/gw-1/instances/{job['id']}.json"
     [msg] = messages(world, expect=1)
-    assert msg["job_type"] == "DICOM" and msg["instances"] == job["instances"]
+    assert msg["job_type"] == "DICOM" and msg["instances_uri"] == job["instances_uri"] and msg["instance_count"] == 1
 
 
 def _archive_running(world, dest_id="run"):
@@ -172,7 +189,7 @@ def test_instances_added_while_archiving_are_pushed_when_it_completes(world):
     assert jobs(world, "DICOM") == [] and messages(world) == []
     post(world, archive_id, "COMPLETED")
     [dicom] = jobs(world, "DICOM")
-    assert [i["sop_instance_uid"] for i in dicom["instances"]] == [f"{UID}.20.7", f"{UID}.20.8"]
+    assert listed(world, dicom) == [f"{UID}.20.7", f"{UID}.20.8"]
     assert len(messages(world, expect=1)) == 1
     post(world, archive_id, "COMPLETED")  # a repeated callback: no second push
     assert len(jobs(world, "DICOM")) == 1 and messages(world) == []
@@ -200,9 +217,9 @@ def test_split_and_merge_push_copies_before_the_rejection_note(world, change):
     assert set(copies) == {"iocm", "plain"}
     assert copies["iocm"]["study_instance_uid"] == SPLIT_TARGET["study_instance_uid"]
     assert copies["iocm"]["exam_id"] == "exam-2" and copies["iocm"]["dependents"] == [note["id"]]
-    assert [i["sop_instance_uid"] for i in copies["iocm"]["instances"]] == [f"{UID}.20.101", f"{UID}.20.102"]
+    assert listed(world, copies["iocm"]) == [f"{UID}.20.101", f"{UID}.20.102"]
     assert note["held"] is True and note["waits_for"] == copies["iocm"]["id"]
-    assert [i["sop_instance_uid"] for i in note["instances"]] == [f"{UID}.20.1", f"{UID}.20.2"]  # the originals
+    assert note["instance_count"] == 2 and "instances" not in note  # the originals: the note lists them
     assert {m["job_type"] for m in messages(world, expect=2)} == {"DICOM"}  # the note waits
 
     post(world, copies["iocm"]["id"], "COMPLETED")
@@ -317,5 +334,5 @@ def test_archive_job_completing_between_read_and_deferral_still_pushes(world):
     out = world.service._added(e, template, archived=False)  # as if the state read was stale
     assert out.action == "push"
     [dicom] = jobs(world, "DICOM")
-    assert [i["sop_instance_uid"] for i in dicom["instances"]] == [f"{UID}.20.7"]
-    assert world.store.get_job("fg-1", archive_id).deferred_instances == []
+    assert listed(world, dicom) == [f"{UID}.20.7"]
+    assert world.store.deferrals("fg-1", archive_id) == []

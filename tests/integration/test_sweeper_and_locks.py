@@ -101,7 +101,8 @@ def test_sweep_endpoint(world, function_env, monkeypatch):
     app = load_app("sweep_jobs")
     assert app.get("/").status_code == 405
     r = app.post("/")
-    assert r.status_code == 200 and r.json == {"timed_out": [], "republished": [], "gateways_finished": [], "errors": 0}
+    assert r.status_code == 200 and r.json == {"timed_out": [], "held_failed": [], "republished": [], "gateways_finished": [],
+                                               "errors": 0}
     assert_matches_openapi(r.json, "/sweeps", "post")
 
 

@@ -388,3 +388,15 @@ def test_the_readme_points_to_the_deployment_guide():
     readme = (REPO / "README.md").read_text()
     section = readme.split("\n## Deployment\n", 1)[1].split("\n## ", 1)[0]
     assert "docs/deployment.md" in section
+
+
+def test_the_follow_up_paths_may_write_generated_objects():
+    """Issue 11 items 3 and 15: merged instance lists (on_job_result), notes and lists copied to a
+    job's new gateway (admin_api retry, sweep_jobs/on_job_result releasing a held note)."""
+    grants = _resources("google_storage_bucket_iam_member")
+    for name, who in (("objects_bucket_iocm_writer", None),
+                      ("objects_bucket_followup_writer", '${toset(["on_job_result", "sweep_jobs", "admin_api"])}')):
+        assert grants[name]["bucket"] == "${google_storage_bucket.generated.name}"
+        assert _unquote(grants[name]["role"]) == "roles/storage.objectUser"
+        if who:
+            assert grants[name]["for_each"] == who
