@@ -239,6 +239,12 @@ def test_destination_crud_and_table_columns(api):
     ({"moving_ae_title": "BACK\\SLASH"}, {"moving_ae_title"}),
     ({"max_retries": -1}, {"max_retries"}),
     ({"retry_timeout_seconds": 0}, {"retry_timeout_seconds"}),
+    # Issue 11 item 4: unbounded values overflowed the job deadline (10**12) or Firestore (10**20: a 500).
+    ({"max_retries": 11}, {"max_retries"}),
+    ({"max_retries": 10**12}, {"max_retries"}),
+    ({"max_retries": 10**20}, {"max_retries"}),
+    ({"retry_timeout_seconds": 3601}, {"retry_timeout_seconds"}),
+    ({"retry_timeout_seconds": 10**20}, {"retry_timeout_seconds"}),
     ({"transfer_syntax_uid": "1.2.x"}, {"transfer_syntax_uid"}),
     ({"excluded_sop_class_uids": ["1.02"]}, {"excluded_sop_class_uids"}),
     ({"trigger_status": None}, {"trigger_status"}),
