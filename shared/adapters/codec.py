@@ -4,14 +4,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from ..domain import history
 from ..domain.models import (
     ArchiveState,
     ArchiveStateValue,
     Destination,
+    DestinationInterval,
     ExamStatus,
     Facility,
     FacilityGroup,
     Gateway,
+    GatewayInterval,
     Job,
     JobState,
     JobType,
@@ -48,6 +51,7 @@ def gateway_to_doc(g: Gateway) -> dict[str, Any]:
         "created_at": g.created_at,
         "updated_by": g.updated_by,
         "updated_at": g.updated_at,
+        "history": [{"since": i.since, "active": i.active, "facility_ids": list(i.facility_ids)} for i in g.history],
     }
 
 
@@ -68,6 +72,8 @@ def gateway_from_doc(d: dict[str, Any]) -> Gateway:
         created_at=_utc(d.get("created_at")),
         updated_by=d.get("updated_by", ""),
         updated_at=_utc(d.get("updated_at")),
+        history=tuple(GatewayInterval(_utc(i["since"]), bool(i["active"]), tuple(i.get("facility_ids") or ()))
+                      for i in d.get("history") or ()),
     )
 
 
@@ -103,6 +109,11 @@ def destination_to_doc(x: Destination) -> dict[str, Any]:
         "created_at": x.created_at,
         "updated_by": x.updated_by,
         "updated_at": x.updated_at,
+        "history": [{"since": i.since, "active": i.active, "auto_archive": i.auto_archive,
+                     "trigger_status": i.trigger_status.value if i.trigger_status else None,
+                     "gateway_id": i.gateway_id, "facility_ids": list(i.facility_ids)} for i in x.history],
+        # Queried by on_exam_status_changed (array-contains): every trigger status of the history.
+        "archive_triggers": history.archive_triggers(x),
     }
 
 
@@ -138,6 +149,10 @@ def destination_from_doc(d: dict[str, Any]) -> Destination:
         created_at=_utc(d.get("created_at")),
         updated_by=d.get("updated_by", ""),
         updated_at=_utc(d.get("updated_at")),
+        history=tuple(DestinationInterval(_utc(i["since"]), bool(i["active"]), bool(i["auto_archive"]),
+                                          ExamStatus(i["trigger_status"]) if i.get("trigger_status") else None,
+                                          i["gateway_id"], tuple(i.get("facility_ids") or ()))
+                      for i in d.get("history") or ()),
     )
 
 

@@ -121,18 +121,26 @@ class FirestoreStore:
         self._set(ref, codec.destination_to_doc(destination))
 
     def archiving_destinations(self, facility_group_id: str, trigger_status: str) -> list[Destination]:
-        # Equality filters only: served by merging single-field indexes, no composite index.
-        q = (
-            self._group(facility_group_id)
-            .collection(DESTINATIONS)
-            .where(filter=FieldFilter("trigger_status", "==", trigger_status))
-            .where(filter=FieldFilter("auto_archive", "==", True))
-            .where(filter=FieldFilter("active", "==", True))
+        """Destinations that had auto archive on with ``trigger_status`` at some point of their
+        retained history (shared/domain/history.py): a destination inactive now may have been
+        active when the exam first reached the status. Single-field indexes only."""
+        coll = self._group(facility_group_id).collection(DESTINATIONS)
+        queries = (
+            coll.where(filter=FieldFilter("archive_triggers", "array_contains", trigger_status)),
+            # Documents written before histories existed have no archive_triggers yet (until
+            # their next edit): they are found by their current settings, as before.
+            coll.where(filter=FieldFilter("trigger_status", "==", trigger_status))
+                .where(filter=FieldFilter("auto_archive", "==", True))
+                .where(filter=FieldFilter("active", "==", True)),
         )
-        with _translated():
-            docs = list(q.stream())
-        self._read(len(docs))
-        return [codec.destination_from_doc(d.to_dict()) for d in docs]
+        found: dict[str, Destination] = {}
+        for q in queries:
+            with _translated():
+                docs = list(q.stream())
+            self._read(len(docs))
+            for d in docs:
+                found.setdefault(d.id, codec.destination_from_doc(d.to_dict()))
+        return [found[k] for k in sorted(found)]
 
     def get_destination(self, facility_group_id: str, destination_id: str) -> Optional[Destination]:
         with _translated():

@@ -9,6 +9,7 @@ from .. import logs
 from ..adapters.gcs import result_key_object, sa_key_object
 from ..auth import Caller
 from ..clock import iso
+from ..domain import history
 from ..domain.errors import Conflict, NotFound, ValidationFailed
 from ..domain.models import Destination, Gateway
 from ..domain.validation import is_valid_id, validate_destination, validate_gateway
@@ -91,13 +92,18 @@ class AdminService:
                              topic_id=current.topic_id, subscription_id=current.subscription_id)
         if "facility_ids" in patch and v.facility_ids:
             # Destinations may only serve facilities their gateway serves (seed 000 Step 2).
+            # A destination with an empty list serves whatever the gateway serves: only narrowing
+            # the gateway strands it; widening (a superset of what it served) is allowed.
+            narrowed = not current.facility_ids or not set(current.facility_ids) <= set(v.facility_ids)
             stranded = [d.id for d in self._store.list_destinations(fg) if d.gateway_id == current.id
-                        and (not d.facility_ids or not set(d.facility_ids) <= set(v.facility_ids))]
+                        and ((not d.facility_ids and narrowed) or not set(d.facility_ids) <= set(v.facility_ids))]
             if stranded:
                 raise ValidationFailed({"facility_ids": "linked destinations serve facilities outside this list: "
                                                         + ", ".join(sorted(stranded))})
+        now = self._clock.now()
         updated = dataclasses.replace(current, name=v.name, description=v.description, facility_ids=v.facility_ids,
-                                      active=v.active, updated_at=self._clock.now(), updated_by=caller.label)
+                                      active=v.active, updated_at=now, updated_by=caller.label)
+        updated = history.recorded_gateway(current, updated, now)  # activation and scope instants (rule 1)
         self._store.put_gateway(updated, actor=caller.label, action="gateway.update",
                                 fields=_changed(current, updated, GATEWAY_FIELDS))
         return gateway_view(updated, facilities)
@@ -172,9 +178,11 @@ class AdminService:
         gateway = self._store.get_gateway(fg, gw_id) if is_valid_id(gw_id) else None
         if gateway is not None and gateway.provisioning_state != "READY":
             gateway = None
+        now = self._clock.now()
         d = validate_destination(data, destination_id=destination_id, facility_group_id=fg, gateway=gateway,
-                                 group_facility_ids=frozenset(facilities), now=self._clock.now(), previous=previous)
-        return d, gateway, facilities
+                                 group_facility_ids=frozenset(facilities), now=now, previous=previous)
+        # The instants that decide "no retroactive archiving" are recorded in the same write.
+        return history.recorded_destination(previous, d, now), gateway, facilities
 
     def create_destination(self, caller: Caller, fg: str, data: Any) -> dict:
         caller.require_group(fg)

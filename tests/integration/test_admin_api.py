@@ -328,3 +328,12 @@ def test_unknown_path_wrong_method_and_bad_json(api):
     assert r.status_code == 400 and r.json["error"]["code"] == "malformed"
     r = api.call("POST", f"{BASE}/destinations", raw="[1, 2]")
     assert r.status_code == 422
+
+
+def test_widening_a_gateway_with_a_destination_serving_all_it_serves_is_allowed(api):
+    gw = api.gateway(facility_ids=["fac-a"])
+    api.destination(gw["id"])  # empty list: whatever the gateway serves
+    r = api.call("PATCH", f"{BASE}/gateways/{gw['id']}", {"facility_ids": ["fac-a", "fac-b"]})
+    assert r.status_code == 200 and r.json["facility_ids"] == ["fac-a", "fac-b"]
+    r = api.call("PATCH", f"{BASE}/gateways/{gw['id']}", {"facility_ids": ["fac-b"]})  # narrowing still is not
+    assert r.status_code == 422 and "facility_ids" in r.json["error"]["fields"]
