@@ -27,11 +27,23 @@ def _utc(t: Optional[datetime]) -> Optional[datetime]:
 
 
 def group_to_doc(g: FacilityGroup) -> dict[str, Any]:
-    return {"id": g.id, "name": g.name}
+    return {"id": g.id, "name": g.name, "version": g.version, "removed": g.removed, "updated_at": g.updated_at}
+
+
+def group_from_doc(d: dict[str, Any]) -> FacilityGroup:
+    return FacilityGroup(id=d["id"], name=d.get("name", ""), version=int(d.get("version", 0)),
+                         removed=bool(d.get("removed", False)), updated_at=_utc(d.get("updated_at")))
 
 
 def facility_to_doc(f: Facility) -> dict[str, Any]:
-    return {"id": f.id, "facility_group_id": f.facility_group_id, "name": f.name, "send_adt": f.send_adt}
+    return {"id": f.id, "facility_group_id": f.facility_group_id, "name": f.name, "send_adt": f.send_adt,
+            "version": f.version, "removed": f.removed, "updated_at": f.updated_at}
+
+
+def facility_from_doc(d: dict[str, Any]) -> Facility:
+    return Facility(id=d["id"], facility_group_id=d["facility_group_id"], name=d.get("name", ""),
+                    send_adt=bool(d.get("send_adt", False)), version=int(d.get("version", 0)),
+                    removed=bool(d.get("removed", False)), updated_at=_utc(d.get("updated_at")))
 
 
 def gateway_to_doc(g: Gateway) -> dict[str, Any]:

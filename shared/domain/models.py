@@ -68,16 +68,26 @@ NOT_ARCHIVED = "NOT_ARCHIVED"
 
 @dataclass(frozen=True)
 class FacilityGroup:
+    """Platform master data, received through contract facility-changed.v1 (docs/facilities.md)."""
+
     id: str
     name: str
+    version: int = 0  # the platform's version of this state; only a higher one replaces it
+    removed: bool = False  # a tombstone: removed at the platform
+    updated_at: Optional[datetime] = None  # event_time of the event that set this state
 
 
 @dataclass(frozen=True)
 class Facility:
+    """Platform master data, received through contract facility-changed.v1 (docs/facilities.md)."""
+
     id: str
     facility_group_id: str
     name: str
     send_adt: bool = False
+    version: int = 0
+    removed: bool = False
+    updated_at: Optional[datetime] = None
 
 
 @dataclass(frozen=True)
