@@ -278,6 +278,7 @@ ROUTES = [
     ("GET", "/destinations/{d}"), ("PATCH", "/destinations/{d}"), ("DELETE", "/destinations/{d}"),
     ("POST", "/destinations/{d}/activate"), ("POST", "/destinations/{d}/deactivate"),
     ("GET", "/jobs"), ("POST", "/jobs/archive-00000000000000000000000000000001/retry"), ("GET", "/exams/exam-1/archive-states"),
+    ("GET", "/facilities"),
 ]
 
 
