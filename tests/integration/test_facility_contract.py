@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime, timezone
 
 import pytest
 
 from shared.domain.errors import TransientError
+from shared.domain.messages import exam_status_changed
+from shared.domain.rules import TimeoutPolicy
+from shared.services.archive_trigger import ArchiveTriggerService
 from shared.services.facilities import FacilitySyncService
 from tests.support import (assert_matches_openapi, cloud_event_headers, exam_event, facility_event, load_app,
                            pubsub_envelope)
@@ -142,11 +146,6 @@ def test_removing_a_facility_in_use_keeps_it_as_a_tombstone_and_never_widens_a_s
     assert r.status_code == 200
     # An exam of the removed facility is still archived where its scope says (its data must reach
     # the archive), and its patients' updates still follow its last Send ADT setting.
-    from shared.domain.messages import exam_status_changed
-    from shared.domain.rules import TimeoutPolicy
-    from shared.services.archive_trigger import ArchiveTriggerService
-    from datetime import datetime, timezone
-
     now = datetime.now(timezone.utc)
     st = world.stack
     out = ArchiveTriggerService(st.store, st.store, st.job_publisher, st.clock, TimeoutPolicy()).handle(
