@@ -27,7 +27,9 @@ PROJECT = "archsync-demo"
 FG = "fg-north"
 EXAM_TOPIC = "archsync-exam-status"
 DEAD_LETTER_TOPIC = "archsync-dead-letter"
-FUNCTIONS = ("admin_api", "on_exam_status_changed", "on_job_result", "sweep_jobs", "lock_status")
+FACILITY_TOPIC = "archsync-facility-changed"
+FUNCTIONS = ("admin_api", "on_facility_changed", "on_exam_status_changed", "on_job_result", "sweep_jobs", "lock_status")
+FACILITIES = (("fac-main", "Main Hospital"), ("fac-east", "East Clinic"), ("fac-west", "West Clinic"))
 KEY_BUCKET, OBJECTS_BUCKET = "archsync-demo-keys", "archsync-demo-objects"
 
 
@@ -68,14 +70,36 @@ def _http_json(method: str, url: str, body: Optional[dict] = None, token: str = 
         return e.code, json.loads(e.read() or b"{}")
 
 
-def _configure(store, admin: str, token: str, archives: dict, say) -> dict[str, dict]:
-    """Seed 000 Steps 1-2 through the admin API: gateways (provisioned for real against the local
-    stand-ins) and destinations. The facility group and its facilities are platform data."""
-    from shared.domain.models import Facility, FacilityGroup
+def _facility_events(now: datetime) -> list[dict]:
+    """What the platform publishes for its master data (contract facility-changed.v1): the group,
+    then its facilities, each with its version."""
+    common = {"schema_version": "1", "event_time": now.isoformat(), "facility_group_id": FG, "version": 1}
+    events = [{**common, "event_type": "facility_group.changed", "event_id": "evt-fg-north", "name": "North Valley Imaging"}]
+    events += [{**common, "event_type": "facility.changed", "event_id": f"evt-{fid}", "facility_id": fid, "name": name,
+                "send_adt": True} for fid, name in FACILITIES]
+    return events
 
-    store.save_facility_group(FacilityGroup(FG, "North Valley Imaging"))
-    for fid, name in (("fac-main", "Main Hospital"), ("fac-east", "East Clinic"), ("fac-west", "West Clinic")):
-        store.save_facility(Facility(fid, FG, name, send_adt=True))
+
+def _sync_facilities(publisher, topic_path: str, admin: str, token: str, say) -> None:
+    """The platform publishes its facility group and facilities; a push subscription delivers them
+    to on_facility_changed; the admin API's lists (what the forms show) then hold them."""
+    for e in _facility_events(datetime.now(timezone.utc)):
+        publisher.publish(topic_path, json.dumps(e).encode()).result()
+    listed: dict = {}
+
+    def synced() -> bool:
+        _, body = _http_json("GET", f"{admin}/v1/facility-groups/{FG}/facilities", token=token)
+        listed.update({f["id"]: f["name"] for f in body.get("facilities", [])})
+        return len(listed) == len(FACILITIES)
+
+    _wait(synced, 60, "the facilities to arrive through facility-changed.v1")
+    _, groups = _http_json("GET", f"{admin}/v1/facility-groups", token=token)
+    say(f"  facility group {groups['facility_groups'][0]['name']!r}: facilities " + ", ".join(sorted(listed.values())))
+
+
+def _configure(admin: str, token: str, archives: dict, say) -> dict[str, dict]:
+    """Seed 000 Steps 1-2 through the admin API: gateways (provisioned for real against the local
+    stand-ins) and destinations. The facility group and its facilities came from the platform."""
     base = f"{admin}/v1/facility-groups/{FG}"
     gateways = {}
     for key, body in (("main", {"name": "Main datacenter gateway"}),
@@ -293,6 +317,13 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         topic("archsync-gateway-dead-letter")
         subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, "dead-letter-audit"), topic=dlq)
         exam_topic = topic(EXAM_TOPIC)
+        facility_topic = topic(FACILITY_TOPIC)
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(PROJECT, "facility-changed-push"), "topic": facility_topic,
+            "push_config": {"push_endpoint": f"http://{fns['on_facility_changed'].host}/projects/{PROJECT}/topics/{FACILITY_TOPIC}"},
+            "ack_deadline_seconds": 30,
+            "dead_letter_policy": {"dead_letter_topic": dlq, "max_delivery_attempts": 5},
+        })
         # Push delivery as in production (infra/pubsub.tf): the topic in the path makes the
         # CloudEvent source complete; a dead-letter policy bounds redelivery of failures.
         subscriber.create_subscription(request={
@@ -311,8 +342,10 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         _write_studies(gcs_client)
         admin = f"http://{fns['admin_api'].host}"
         token = idp.token()
+        say(f"The platform publishes facility group {FG} and its facilities (facility-changed.v1, Pub/Sub push) ...")
+        _sync_facilities(publisher, facility_topic, admin, token, say)
         say(f"Configuring facility group {FG} through the admin API (seed 000 Steps 1-2) ...")
-        configured = _configure(store, admin, token, archives, say)
+        configured = _configure(admin, token, archives, say)
 
         events = _events(datetime.now(timezone.utc))  # after the destinations exist: no retroactive archiving
         say(f"Replaying {len(events)} exam status events and 1 malformed message through Pub/Sub push ...")
@@ -381,6 +414,7 @@ def _summary(store, subscriber, lock_url: str, observed_locks: dict, sweep: dict
     dl = subscriber.pull(request={"subscription": subscriber.subscription_path(PROJECT, "dead-letter-audit"),
                                   "max_messages": 10, "return_immediately": True}, timeout=10)
     return {
+        "facilities": {f.id: (f.name, f.send_adt) for f in store.facility_records(FG)},
         "jobs": len(jobs),
         "jobs_per_destination": {d: dict(c) for d, c in sorted(per_dest.items())},
         "archive_states": archive,

@@ -58,6 +58,16 @@ locals {
       project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
       provisions_gateways = false
     }
+    on_facility_changed = {
+      ingress_settings = local.ingress_internal
+      description      = "Facility group and facility changes from the platform (Pub/Sub push) -> this product's copy (facility-changed.v1)."
+      account_id       = "archsync-facility-changed"
+      timeout_seconds  = 60
+      max_instances    = var.max_instance_count
+      # pubsub.publisher: malformed events go to the dead-letter topic (project-wide, see iam.tf).
+      project_roles       = ["roles/datastore.user", "roles/pubsub.publisher"]
+      provisions_gateways = false
+    }
     on_job_result = {
       ingress_settings = local.ingress_public
       description      = "Result Endpoint: gateways POST HMAC-signed job results."

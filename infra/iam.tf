@@ -28,7 +28,7 @@ locals {
 # - roles/pubsub.publisher (on_exam_status_changed, on_study_changed, on_patient_updated,
 #   on_job_result, sweep_jobs): job messages go to per-gateway topics that are created at
 #   runtime, outside this configuration, so there is no topic to grant on here; the same grant
-#   covers the dead-letter topic.
+#   covers the dead-letter topic (on_facility_changed publishes only there).
 # - roles/iam.serviceAccountAdmin, roles/iam.serviceAccountKeyAdmin (provisioners): each gateway
 #   gets a service account archsync-gw-<hex> and a JSON key, created and deleted at runtime.
 #   Creating a service account is a project permission, and the accounts do not exist when this
@@ -154,7 +154,7 @@ resource "google_storage_bucket_iam_member" "objects_bucket_followup_writer" {
 resource "google_service_account" "push_invoker" {
   account_id   = "archsync-push-invoker"
   display_name = "archsync Pub/Sub push invoker"
-  description  = "Identity in the OIDC token of the inbound push subscriptions (exam status, study changed, patient updated)."
+  description  = "Identity in the OIDC token of the inbound push subscriptions (exam status, study changed, patient updated, facility changed)."
 
   depends_on = [google_project_service.enabled]
 }

@@ -46,6 +46,11 @@ output "patient_updated_topic" {
   value       = google_pubsub_topic.inbound["patient_updated"].name
 }
 
+output "facility_changed_topic" {
+  description = "Topic the platform publishes facility group and facility changes to (facility-changed.v1)."
+  value       = google_pubsub_topic.inbound["facility_changed"].name
+}
+
 output "dead_letter_topic" {
   description = "Dead-letter topic (ARCHSYNC_DEAD_LETTER_TOPIC)."
   value       = google_pubsub_topic.dead_letter["inbound"].name
@@ -69,6 +74,11 @@ output "study_changed_push_subscription" {
 output "patient_updated_push_subscription" {
   description = "Push subscription feeding on_patient_updated."
   value       = google_pubsub_subscription.exam_status_to_function["patient_updated"].name
+}
+
+output "facility_changed_push_subscription" {
+  description = "Push subscription feeding on_facility_changed."
+  value       = google_pubsub_subscription.exam_status_to_function["facility_changed"].name
 }
 
 output "gateway_dead_letter_topic" {

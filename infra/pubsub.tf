@@ -24,6 +24,12 @@ locals {
       topic    = "archsync-patient-updated"
       function = "on_patient_updated"
     }
+    # The platform's facility groups and facilities (id, name, Send ADT): contract
+    # facility-changed.v1, docs/facilities.md.
+    facility_changed = {
+      topic    = "archsync-facility-changed"
+      function = "on_facility_changed"
+    }
   }
 
   # Dead-letter topics, each with a pull subscription "<topic>-audit" operators read (and ack)
@@ -44,7 +50,7 @@ locals {
   seven_days = "604800s"
 }
 
-# The platform publishes its events here (exam status, study changes, patient updates).
+# The platform publishes its events here (exam status, study changes, patient updates, facilities).
 resource "google_pubsub_topic" "inbound" {
   # checkov:skip=CKV_GCP_83: CMEK is opt-in through var.kms_key_name; null keeps Google-managed encryption at rest, enough unless a key-custody policy requires customer-managed keys.
   for_each = local.inbound

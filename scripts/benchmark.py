@@ -38,6 +38,7 @@ LIBS = {
     "on_job_result": ["google.cloud.firestore", "google.cloud.storage", "jsonschema"],
     "on_study_changed": ["google.cloud.firestore", "google.cloud.pubsub_v1", "google.cloud.storage", "jsonschema", "pydicom"],
     "on_patient_updated": ["google.cloud.firestore", "google.cloud.pubsub_v1", "jsonschema", "hl7apy"],
+    "on_facility_changed": ["google.cloud.firestore", "google.cloud.pubsub_v1", "jsonschema"],
     "sweep_jobs": ["google.cloud.firestore", "google.cloud.pubsub_v1"],
     "lock_status": ["google.cloud.firestore"],
 }

@@ -28,7 +28,7 @@ got=$(curl -s -o /dev/null -w '%{http_code}' "$lock_url/v1/facility-groups/smoke
 echo "ok: $got anonymous lock status"
 # The functions fed by Pub/Sub push or Cloud Scheduler have internal-only ingress: a caller outside
 # the project (this build) is refused by the ingress setting (404) or IAM (401/403), never served.
-for fn in on_exam_status_changed on_study_changed on_patient_updated sweep_jobs; do
+for fn in on_exam_status_changed on_study_changed on_patient_updated on_facility_changed sweep_jobs; do
   fn_url=$(python3 -c "import json; print(json.load(open('$outputs'))['function_urls']['value']['$fn'])")
   got=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' -d '{}' "$fn_url")
   case "$got" in

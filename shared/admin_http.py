@@ -33,6 +33,13 @@ def _download(data: bytes, filename: str, content_type: str) -> tuple:
 
 
 ROUTES: list[tuple[re.Pattern, dict[str, Handler]]] = [
+    # Platform master data the forms need (read-only here: it arrives as facility-changed.v1 events).
+    (re.compile(r"^/v1/facility-groups$"), {
+        "GET": lambda s, c, a, b, q: _ok({"facility_groups": s.list_facility_groups(c)}),
+    }),
+    (re.compile(_BASE + r"/facilities$"), {
+        "GET": lambda s, c, a, b, q: _ok({"facilities": s.list_facilities(c, *a)}),
+    }),
     (re.compile(_BASE + r"/gateways$"), {
         "GET": lambda s, c, a, b, q: _ok({"gateways": s.list_gateways(c, *a)}),
         "POST": lambda s, c, a, b, q: _ok(s.create_gateway(c, *a, b), 201),

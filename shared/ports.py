@@ -25,6 +25,19 @@ class ConfigStore(Protocol):
     def get_destination(self, facility_group_id: str, destination_id: str) -> Optional[Destination]: ...
 
 
+class FacilityStore(Protocol):
+    """Platform master data (contract facility-changed.v1): each call reads the stored state, asks
+    ``decide`` what to store (shared/domain/facilities.py) and writes it, atomically."""
+
+    def transact_facility_group(
+        self, facility_group_id: str, decide: Callable[[Optional[FacilityGroup]], tuple[str, Optional[FacilityGroup]]]
+    ) -> str: ...
+    def transact_facility(
+        self, facility_group_id: str, facility_id: str,
+        decide: Callable[[Optional[Facility]], tuple[str, Optional[Facility]]],
+    ) -> str: ...
+
+
 class JobStore(Protocol):
     def create_job(self, job: Job) -> bool:
         """Create the job; False if a job with that id already exists (idempotency key)."""

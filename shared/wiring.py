@@ -158,3 +158,10 @@ def patient_update_service(settings: Settings):
 
     store = firestore_store(settings)
     return PatientUpdateService(store, store, job_publisher(settings), SystemClock(), settings.timeout_policy)
+
+
+# -- platform master data: facility groups and facilities (issue 11 item 1) ------------------------
+def facility_sync_service(settings: Settings):
+    from .services.facilities import FacilitySyncService
+
+    return FacilitySyncService(firestore_store(settings))

@@ -68,6 +68,24 @@ def exam_event(status: str = "COMPLETED", *, exam_id: str = "exam-1", fg: str = 
     }
 
 
+def facility_event(facility_id: Optional[str] = "fac-a", *, fg: str = "fg-1", version: int = 1, name: Optional[str] = None,
+                   send_adt: Optional[bool] = False, removed: bool = False, event_id: Optional[str] = None,
+                   event_time: Optional[datetime] = None) -> dict:
+    """A facility-changed.v1 event: of a facility, or of the group itself with ``facility_id=None``."""
+    e = {"schema_version": "1", "event_type": "facility.changed" if facility_id else "facility_group.changed",
+         "event_id": event_id or str(uuid.uuid4()), "event_time": (event_time or T0).isoformat(),
+         "facility_group_id": fg, "version": version}
+    if facility_id:
+        e["facility_id"] = facility_id
+    if removed:
+        e["removed"] = True
+    else:
+        e["name"] = name or (f"Facility {facility_id}" if facility_id else f"Group {fg}")
+        if facility_id:
+            e["send_adt"] = bool(send_adt)
+    return e
+
+
 def pubsub_envelope(payload: Any, *, raw: Optional[bytes] = None, message_id: str = "m-1") -> dict:
     data = raw if raw is not None else json.dumps(payload).encode()
     return {"message": {"data": base64.b64encode(data).decode(), "attributes": {}, "messageId": message_id,

@@ -4,15 +4,18 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from ..domain import history
 from ..domain.models import (
     ArchiveState,
     ArchiveStateValue,
     Deferral,
     Destination,
+    DestinationInterval,
     ExamStatus,
     Facility,
     FacilityGroup,
     Gateway,
+    GatewayInterval,
     Job,
     JobState,
     JobType,
@@ -25,11 +28,23 @@ def _utc(t: Optional[datetime]) -> Optional[datetime]:
 
 
 def group_to_doc(g: FacilityGroup) -> dict[str, Any]:
-    return {"id": g.id, "name": g.name}
+    return {"id": g.id, "name": g.name, "version": g.version, "removed": g.removed, "updated_at": g.updated_at}
+
+
+def group_from_doc(d: dict[str, Any]) -> FacilityGroup:
+    return FacilityGroup(id=d["id"], name=d.get("name", ""), version=int(d.get("version", 0)),
+                         removed=bool(d.get("removed", False)), updated_at=_utc(d.get("updated_at")))
 
 
 def facility_to_doc(f: Facility) -> dict[str, Any]:
-    return {"id": f.id, "facility_group_id": f.facility_group_id, "name": f.name, "send_adt": f.send_adt}
+    return {"id": f.id, "facility_group_id": f.facility_group_id, "name": f.name, "send_adt": f.send_adt,
+            "version": f.version, "removed": f.removed, "updated_at": f.updated_at}
+
+
+def facility_from_doc(d: dict[str, Any]) -> Facility:
+    return Facility(id=d["id"], facility_group_id=d["facility_group_id"], name=d.get("name", ""),
+                    send_adt=bool(d.get("send_adt", False)), version=int(d.get("version", 0)),
+                    removed=bool(d.get("removed", False)), updated_at=_utc(d.get("updated_at")))
 
 
 def gateway_to_doc(g: Gateway) -> dict[str, Any]:
@@ -49,6 +64,7 @@ def gateway_to_doc(g: Gateway) -> dict[str, Any]:
         "created_at": g.created_at,
         "updated_by": g.updated_by,
         "updated_at": g.updated_at,
+        "history": [{"since": i.since, "active": i.active, "facility_ids": list(i.facility_ids)} for i in g.history],
     }
 
 
@@ -69,6 +85,8 @@ def gateway_from_doc(d: dict[str, Any]) -> Gateway:
         created_at=_utc(d.get("created_at")),
         updated_by=d.get("updated_by", ""),
         updated_at=_utc(d.get("updated_at")),
+        history=tuple(GatewayInterval(_utc(i["since"]), bool(i["active"]), tuple(i.get("facility_ids") or ()))
+                      for i in d.get("history") or ()),
     )
 
 
@@ -104,6 +122,11 @@ def destination_to_doc(x: Destination) -> dict[str, Any]:
         "created_at": x.created_at,
         "updated_by": x.updated_by,
         "updated_at": x.updated_at,
+        "history": [{"since": i.since, "active": i.active, "auto_archive": i.auto_archive,
+                     "trigger_status": i.trigger_status.value if i.trigger_status else None,
+                     "gateway_id": i.gateway_id, "facility_ids": list(i.facility_ids)} for i in x.history],
+        # Queried by on_exam_status_changed (array-contains): every trigger status of the history.
+        "archive_triggers": history.archive_triggers(x),
     }
 
 
@@ -139,6 +162,10 @@ def destination_from_doc(d: dict[str, Any]) -> Destination:
         created_at=_utc(d.get("created_at")),
         updated_by=d.get("updated_by", ""),
         updated_at=_utc(d.get("updated_at")),
+        history=tuple(DestinationInterval(_utc(i["since"]), bool(i["active"]), bool(i["auto_archive"]),
+                                          ExamStatus(i["trigger_status"]) if i.get("trigger_status") else None,
+                                          i["gateway_id"], tuple(i.get("facility_ids") or ()))
+                      for i in d.get("history") or ()),
     )
 
 

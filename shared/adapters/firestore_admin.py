@@ -8,14 +8,14 @@ change without its audit entry or the reverse.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from ..domain.errors import Conflict
-from ..domain.models import OPEN_JOB_STATES, Destination, Gateway, Job
+from ..domain.models import OPEN_JOB_STATES, Destination, Facility, FacilityGroup, Gateway, Job
 from ..domain.provisioning import UNFINISHED, LogState, Operation, ProvisioningLog
 from . import codec
 from .firestore_store import DESTINATIONS, FACILITIES, GATEWAYS, JOBS, FirestoreStore, _translated
@@ -44,13 +44,32 @@ class FirestoreAdminStore(FirestoreStore):
         self._read(len(docs))
         return docs
 
+    def facility_records(self, fg: str) -> list[Facility]:
+        """Every facility of the group the platform sent (contract facility-changed.v1), removed ones
+        (tombstones) included, by name."""
+        return sorted((codec.facility_from_doc({"facility_group_id": fg, **d.to_dict(), "id": d.id})
+                       for d in self._facility_docs(fg)), key=lambda f: (f.name.lower(), f.id))
+
     def facilities(self, fg: str) -> dict[str, str]:
-        """Facility id -> name (platform data; this product reads it, never edits it)."""
-        return {d.id: d.get("name") for d in self._facility_docs(fg)}
+        """Facility id -> display name; a facility the platform removed keeps its last name, marked
+        "(removed)" (it may still be in a scope or on a job: docs/facilities.md)."""
+        return {f.id: f.name + (" (removed)" if f.removed else "") for f in self.facility_records(fg)}
 
     def facilities_with_adt(self, fg: str) -> dict[str, bool]:
-        """Facility id -> its Send ADT Message setting (seed 000: enabled at facility level)."""
-        return {d.id: bool(d.get("send_adt")) for d in self._facility_docs(fg)}
+        """Facility id -> its Send ADT Message setting (seed 000: enabled at facility level). A
+        removed facility keeps its last setting: its patients' archived exams still get corrections."""
+        return {f.id: f.send_adt for f in self.facility_records(fg)}
+
+    def facility_groups(self, ids: Sequence[str]) -> list[FacilityGroup]:
+        """The groups among ``ids`` the platform sent and has not removed, by name."""
+        if not ids:
+            return []
+        refs = [self._group(g) for g in dict.fromkeys(ids)]
+        with _translated():
+            snaps = list(self._db.get_all(refs))
+        self._read(len(refs))
+        groups = [codec.group_from_doc({**s.to_dict(), "id": s.id}) for s in snaps if s.exists]
+        return sorted((g for g in groups if not g.removed), key=lambda g: (g.name.lower(), g.id))
 
     def list_gateways(self, fg: str) -> list[Gateway]:
         with _translated():

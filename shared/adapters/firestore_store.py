@@ -116,6 +116,37 @@ class FirestoreStore:
     def save_facility(self, facility: Facility) -> None:
         self._set(self._group(facility.facility_group_id).collection(FACILITIES).document(facility.id), codec.facility_to_doc(facility))
 
+    def transact_facility_group(self, fg: str, decide: Callable[[Optional[FacilityGroup]], tuple[str, Optional[FacilityGroup]]]) -> str:
+        """Read the group, apply ``decide`` and write what it returns, in one transaction (order-safe
+        upserts of platform master data: shared/domain/facilities.py)."""
+        return self._transact_doc(self._group(fg), codec.group_from_doc, codec.group_to_doc, decide)
+
+    def transact_facility(self, fg: str, facility_id: str,
+                          decide: Callable[[Optional[Facility]], tuple[str, Optional[Facility]]]) -> str:
+        return self._transact_doc(self._group(fg).collection(FACILITIES).document(facility_id), codec.facility_from_doc,
+                                  codec.facility_to_doc, decide)
+
+    def _transact_doc(self, ref: firestore.DocumentReference, from_doc: Callable, to_doc: Callable, decide: Callable) -> str:
+        @firestore.transactional
+        def run(tx: firestore.Transaction) -> str:
+            snap = ref.get(transaction=tx)
+            self._read()
+            outcome, new = decide(from_doc(snap.to_dict()) if snap.exists else None)
+            if new is not None:
+                tx.set(ref, to_doc(new), merge=True)  # merge: the group document is also the tenant's root
+                self.ops.writes += 1
+            return outcome
+
+        try:
+            with _translated():
+                return run(self._db.transaction())
+        except ValueError as e:
+            # The client gives up on a contended transaction with ValueError("Failed to commit
+            # transaction in N attempts"): contention is transient, Pub/Sub redelivers.
+            if "Failed to commit transaction" in str(e):
+                raise TransientError("Firestore transaction contention") from e
+            raise
+
     def save_gateway(self, gateway: Gateway) -> None:
         self._set(self._group(gateway.facility_group_id).collection(GATEWAYS).document(gateway.id), codec.gateway_to_doc(gateway))
 
@@ -124,18 +155,28 @@ class FirestoreStore:
         self._set(ref, codec.destination_to_doc(destination))
 
     def archiving_destinations(self, facility_group_id: str, trigger_status: str) -> list[Destination]:
-        # Equality filters only: served by merging single-field indexes, no composite index.
-        q = (
-            self._group(facility_group_id)
-            .collection(DESTINATIONS)
-            .where(filter=FieldFilter("trigger_status", "==", trigger_status))
-            .where(filter=FieldFilter("auto_archive", "==", True))
-            .where(filter=FieldFilter("active", "==", True))
+        """Destinations that had auto archive on with ``trigger_status`` at some point of their
+        retained history (shared/domain/history.py): a destination inactive now may have been
+        active when the exam first reached the status. Single-field indexes only."""
+        coll = self._group(facility_group_id).collection(DESTINATIONS)
+        queries = (
+            coll.where(filter=FieldFilter("archive_triggers", "array_contains", trigger_status)),
+            # Documents written before histories existed have no archive_triggers yet (until
+            # their next edit): they are found by their current settings, as before. This costs
+            # one more read per matching destination; drop it once every destination document
+            # has been saved by this version.
+            coll.where(filter=FieldFilter("trigger_status", "==", trigger_status))
+                .where(filter=FieldFilter("auto_archive", "==", True))
+                .where(filter=FieldFilter("active", "==", True)),
         )
-        with _translated():
-            docs = list(q.stream())
-        self._read(len(docs))
-        return [codec.destination_from_doc(d.to_dict()) for d in docs]
+        found: dict[str, Destination] = {}
+        for q in queries:
+            with _translated():
+                docs = list(q.stream())
+            self._read(len(docs))
+            for d in docs:
+                found.setdefault(d.id, codec.destination_from_doc(d.to_dict()))
+        return [found[k] for k in sorted(found)]
 
     def get_destination(self, facility_group_id: str, destination_id: str) -> Optional[Destination]:
         with _translated():

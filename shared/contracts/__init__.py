@@ -17,6 +17,7 @@ HERE = Path(__file__).parent
 EXAM_STATUS_CHANGED = "exam-status-changed.v1"
 STUDY_CHANGED = "study-changed.v1"
 PATIENT_UPDATED = "patient-updated.v1"
+FACILITY_CHANGED = "facility-changed.v1"
 JOB_MESSAGE = "job-message.v1"
 JOB_RESULT = "job-result.v1"
 DEAD_LETTER = "dead-letter.v1"

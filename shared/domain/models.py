@@ -68,16 +68,48 @@ NOT_ARCHIVED = "NOT_ARCHIVED"
 
 @dataclass(frozen=True)
 class FacilityGroup:
+    """Platform master data, received through contract facility-changed.v1 (docs/facilities.md)."""
+
     id: str
     name: str
+    version: int = 0  # the platform's version of this state; only a higher one replaces it
+    removed: bool = False  # a tombstone: removed at the platform
+    updated_at: Optional[datetime] = None  # event_time of the event that set this state
 
 
 @dataclass(frozen=True)
 class Facility:
+    """Platform master data, received through contract facility-changed.v1 (docs/facilities.md)."""
+
     id: str
     facility_group_id: str
     name: str
     send_adt: bool = False
+    version: int = 0
+    removed: bool = False
+    updated_at: Optional[datetime] = None
+
+
+@dataclass(frozen=True)
+class GatewayInterval:
+    """A gateway's eligibility-relevant settings from ``since`` until the next interval."""
+
+    since: datetime
+    active: bool
+    facility_ids: tuple[str, ...]  # empty = every facility of the group
+
+
+@dataclass(frozen=True)
+class DestinationInterval:
+    """A destination's eligibility-relevant settings from ``since`` until the next interval: an exam
+    that first reached a status at instant T is judged by the interval in effect at T (rule 1)."""
+
+    since: datetime
+    active: bool
+    auto_archive: bool
+    trigger_status: Optional[ExamStatus]
+    gateway_id: str
+    facility_ids: tuple[str, ...]  # empty = every facility its gateway served at that instant
 
 
 @dataclass(frozen=True)
@@ -97,6 +129,8 @@ class Gateway:
     created_at: Optional[datetime] = None
     updated_by: str = ""
     updated_at: Optional[datetime] = None
+    # Since when it was active and which facilities it served (issue 11 item 6; shared/domain/history.py).
+    history: tuple["GatewayInterval", ...] = ()
 
     def serves(self, facility_id: str) -> bool:
         return not self.facility_ids or facility_id in self.facility_ids
@@ -121,9 +155,8 @@ class Destination:
     excluded_sop_class_uids: tuple[str, ...] = ()
     auto_archive: bool = False
     trigger_status: Optional[ExamStatus] = None
-    # When auto archive was last switched on with the current trigger status. Exams that first
-    # reached the status before this instant are not archived (seed 000 Troubleshooting row 1:
-    # "no retroactive archiving").
+    # When auto archive was last switched on with the current trigger status (shown for
+    # information; the rule uses ``history``, which also records activation and scope changes).
     auto_archive_since: Optional[datetime] = None
     support_iocm: bool = False
     allow_prefetch: bool = False
@@ -139,6 +172,8 @@ class Destination:
     created_at: Optional[datetime] = None
     updated_by: str = ""
     updated_at: Optional[datetime] = None
+    # The instants that decide "no retroactive archiving" (issue 11 item 6; shared/domain/history.py).
+    history: tuple["DestinationInterval", ...] = ()
 
     @property
     def archive_text(self) -> str:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Mapping, Optional
 
-from .models import Destination, ExamStatusChanged, Gateway, JobType
+from . import history
+from .models import Destination, ExamStatus, ExamStatusChanged, Gateway, JobType
 
 
 @dataclass(frozen=True)
@@ -17,43 +18,79 @@ class TriggerDecision:
     gateway: Optional[Gateway]
     archive: bool
     reason: str  # why not, for logs; "eligible" when archive is True
+    # The trigger status in effect when the exam first reached it (the destination's current
+    # one may differ since): the job records it and it decides the order lock.
+    trigger_status: Optional[ExamStatus] = None
 
 
-def decide(event: ExamStatusChanged, destination: Destination, gateway: Optional[Gateway]) -> TriggerDecision:
+def decide(event: ExamStatusChanged, destination: Destination, gateway: Optional[Gateway],
+           gateways: Optional[Mapping[str, Gateway]] = None) -> TriggerDecision:
+    """Whether ``destination`` archives the exam of ``event``. ``gateway`` is the destination's
+    gateway now (where the job would go); ``gateways`` holds any other gateway the destination was
+    linked to when the exam first reached the status.
+
+    Everything that decides eligibility is judged *as of* ``status_first_reached_at`` (rule 1;
+    issue 11 item 6; shared/domain/history.py), so the answer does not depend on when the message is
+    processed: reactivating or widening later is never retroactive, and a redelivery gets the same
+    answer. Only where the job goes is "now": a gateway that no longer exists or is being deleted
+    cannot take it."""
     def no(reason: str) -> TriggerDecision:
         return TriggerDecision(destination, gateway, False, reason)
 
-    if destination.facility_group_id != event.facility_group_id:
+    fg, t = event.facility_group_id, event.status_first_reached_at
+    if destination.facility_group_id != fg:
         return no("other facility group")
-    if not destination.active:
-        return no("destination inactive")
-    if not destination.auto_archive or destination.trigger_status is None:
-        return no("auto archive off")
-    if destination.trigger_status.value != event.status:
-        return no("trigger status differs")
-    if gateway is None or gateway.facility_group_id != event.facility_group_id:
-        return no("gateway missing")
-    if not gateway.active or gateway.provisioning_state != "READY":
-        return no("gateway inactive")
-    # Facility scope: the destination's list, or (empty) every facility its gateway serves.
-    if destination.facility_ids:
-        if event.facility_id not in destination.facility_ids:
-            return no("facility out of scope")
-    elif not gateway.serves(event.facility_id):
-        return no("facility out of scope")
     # "Each destination archives only on the first time the exam reaches the configured status",
     # and exams that reached it before auto archive was configured are not archived
-    # retroactively. The platform states when the exam *first* reached the status, so this holds
-    # whatever order events arrive in; repeats are then stopped by the deterministic job id.
-    if destination.auto_archive_since is None or event.status_first_reached_at < destination.auto_archive_since:
+    # retroactively: the destination's settings at that first instant decide. Repeats are then
+    # stopped by the deterministic job id.
+    then = history.as_of(history.destination_history(destination), t)
+    if then is None:
         return no("exam reached the status before auto archive was configured")
-    return TriggerDecision(destination, gateway, True, "eligible")
+    if not then.active:
+        return no("destination inactive")
+    if not then.auto_archive or then.trigger_status is None:
+        return no("auto archive off")
+    if then.trigger_status.value != event.status:
+        return no("trigger status differs")
+    if gateway is None or gateway.facility_group_id != fg or gateway.id != destination.gateway_id:
+        return no("gateway missing")
+    if gateway.provisioning_state != "READY":
+        return no("gateway inactive")  # being deleted: its topic is going away
+    gateway_then = gateway if then.gateway_id == gateway.id else (gateways or {}).get(then.gateway_id)
+    if gateway_then is None or gateway_then.facility_group_id != fg:
+        return no("gateway missing")
+    gw = history.as_of(history.gateway_history(gateway_then), t)
+    if gw is None:
+        return no("exam reached the status before the gateway existed")
+    if not gw.active:
+        return no("gateway inactive")
+    # Facility scope at that instant: the destination's list, or (empty) every facility its
+    # gateway served.
+    if then.facility_ids:
+        if event.facility_id not in then.facility_ids:
+            return no("facility out of scope")
+    elif gw.facility_ids and event.facility_id not in gw.facility_ids:
+        return no("facility out of scope")
+    return TriggerDecision(destination, gateway, True, "eligible", then.trigger_status)
+
+
+def gateway_ids_to_read(event: ExamStatusChanged, destinations: Iterable[Destination]) -> list[str]:
+    """The gateways ``decide`` needs: each destination's current one and the one it was linked to
+    when the exam first reached the status."""
+    ids = []
+    for d in destinations:
+        ids.append(d.gateway_id)
+        then = history.as_of(history.destination_history(d), event.status_first_reached_at)
+        if then is not None:
+            ids.append(then.gateway_id)
+    return list(dict.fromkeys(ids))
 
 
 def decide_all(
     event: ExamStatusChanged, destinations: Iterable[Destination], gateways: Mapping[str, Gateway]
 ) -> list[TriggerDecision]:
-    return [decide(event, d, gateways.get(d.gateway_id)) for d in destinations]
+    return [decide(event, d, gateways.get(d.gateway_id), gateways) for d in destinations]
 
 
 def job_id(job_type: JobType, facility_group_id: str, *parts: str) -> str:

@@ -53,6 +53,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Retry policy bounds (issue 11 item 4; reasons in docs/admin-api.md "Retry settings"). Seed 000 only
+# says "0 or greater" and "greater than 0"; unbounded values overflow the result-window arithmetic
+# and would hold a Pending/Inflight order lock for days.
+MAX_RETRIES_MAX = 10
+RETRY_TIMEOUT_SECONDS_MAX = 3600
+
+
+def retry_settings_problems(max_retries: Any, retry_timeout_seconds: Any) -> dict[str, str]:
+    """What is wrong with a destination's retry policy, by field (empty when both are in range).
+    Used on admin input and again on stored destinations before a job is queued (documents written
+    before the bounds existed may hold anything)."""
+    problems = {}
+    if not _is_int(max_retries) or not 0 <= max_retries <= MAX_RETRIES_MAX:
+        problems["max_retries"] = f"must be an integer from 0 to {MAX_RETRIES_MAX}"
+    if not _is_int(retry_timeout_seconds) or not 1 <= retry_timeout_seconds <= RETRY_TIMEOUT_SECONDS_MAX:
+        problems["retry_timeout_seconds"] = f"must be an integer from 1 to {RETRY_TIMEOUT_SECONDS_MAX} (seconds)"
+    return problems
+
+
 def _facility_list(value: Any, field: str, errors: dict[str, str]) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -162,11 +181,8 @@ def validate_destination(
             errors["facility_ids"] = "every facility must be one the selected gateway serves"
 
     max_retries = data.get("max_retries", 3)
-    if not _is_int(max_retries) or max_retries < 0:
-        errors["max_retries"] = "must be an integer of 0 or more"
     retry_timeout = data.get("retry_timeout_seconds", 10)
-    if not _is_int(retry_timeout) or retry_timeout <= 0:
-        errors["retry_timeout_seconds"] = "must be an integer greater than 0"
+    errors.update(retry_settings_problems(max_retries, retry_timeout))
 
     ts = data.get("transfer_syntax_uid") or None
     if ts is not None and not is_valid_uid(ts):

@@ -11,6 +11,7 @@ from .. import logs
 from ..adapters.gcs import VaultSecrets, decode_result_keys, result_key_object, sa_key_object
 from ..auth import Caller
 from ..clock import iso
+from ..domain import history
 from ..domain.errors import Conflict, NotFound, ValidationFailed
 from ..domain.models import Destination, Gateway
 from ..domain.validation import is_valid_id, validate_destination, validate_gateway
@@ -65,6 +66,25 @@ class AdminService:
             raise NotFound("destination not found")
         return d
 
+    def _facilities(self, fg: str, keep: tuple[str, ...] = ()) -> tuple[dict[str, str], frozenset[str]]:
+        """Display names of the group's facilities, and the ids a scope may hold: those the platform
+        has not removed, plus ``keep`` (a saved scope's own ids, so that a facility removed since
+        does not block unrelated edits; docs/facilities.md)."""
+        records = self._store.facility_records(fg)
+        names = {f.id: f.name + (" (removed)" if f.removed else "") for f in records}
+        return names, frozenset(f.id for f in records if not f.removed) | frozenset(keep)
+
+    # -- facility groups and facilities (platform data, read-only here; docs/facilities.md) ----
+    def list_facility_groups(self, caller: Caller) -> list[dict]:
+        """The groups the caller administers that the platform has sent (and not removed)."""
+        return [{"id": g.id, "name": g.name} for g in self._store.facility_groups(sorted(caller.facility_group_ids))]
+
+    def list_facilities(self, caller: Caller, fg: str) -> list[dict]:
+        """The facilities a gateway or destination form may offer (removed ones are not)."""
+        caller.require_group(fg)
+        return [{"id": f.id, "name": f.name, "send_adt": f.send_adt}
+                for f in self._store.facility_records(fg) if not f.removed]
+
     # -- gateways ------------------------------------------------------------------------
     def list_gateways(self, caller: Caller, fg: str) -> list[dict]:
         caller.require_group(fg)
@@ -76,10 +96,10 @@ class AdminService:
 
     def create_gateway(self, caller: Caller, fg: str, data: Any) -> dict:
         caller.require_group(fg)
-        facilities = self._store.facilities(fg)
+        facilities, selectable = self._facilities(fg)
         gw_id = new_gateway_id()
         gateway = validate_gateway(_body(data, GATEWAY_FIELDS), gateway_id=gw_id, facility_group_id=fg,
-                                   group_facility_ids=frozenset(facilities), topic_id="", subscription_id="")
+                                   group_facility_ids=selectable, topic_id="", subscription_id="")
         created = self._prov.create(gateway, caller.label)
         return gateway_view(created, facilities)
 
@@ -87,21 +107,26 @@ class AdminService:
         current = self._gateway(caller, fg, gateway_id)
         if current.provisioning_state != "READY":
             raise Conflict("the gateway is being deleted")
-        facilities = self._store.facilities(fg)
+        facilities, selectable = self._facilities(fg, keep=current.facility_ids)
         patch = _body(data, GATEWAY_FIELDS)
         merged = {"name": current.name, "description": current.description, "facility_ids": list(current.facility_ids),
                   "active": current.active, **patch}
-        v = validate_gateway(merged, gateway_id=current.id, facility_group_id=fg, group_facility_ids=frozenset(facilities),
+        v = validate_gateway(merged, gateway_id=current.id, facility_group_id=fg, group_facility_ids=selectable,
                              topic_id=current.topic_id, subscription_id=current.subscription_id)
         if "facility_ids" in patch and v.facility_ids:
             # Destinations may only serve facilities their gateway serves (seed 000 Step 2).
+            # A destination with an empty list serves whatever the gateway serves: only narrowing
+            # the gateway strands it; widening (a superset of what it served) is allowed.
+            narrowed = not current.facility_ids or not set(current.facility_ids) <= set(v.facility_ids)
             stranded = [d.id for d in self._store.list_destinations(fg) if d.gateway_id == current.id
-                        and (not d.facility_ids or not set(d.facility_ids) <= set(v.facility_ids))]
+                        and ((not d.facility_ids and narrowed) or not set(d.facility_ids) <= set(v.facility_ids))]
             if stranded:
                 raise ValidationFailed({"facility_ids": "linked destinations serve facilities outside this list: "
                                                         + ", ".join(sorted(stranded))})
+        now = self._clock.now()
         updated = dataclasses.replace(current, name=v.name, description=v.description, facility_ids=v.facility_ids,
-                                      active=v.active, updated_at=self._clock.now(), updated_by=caller.label)
+                                      active=v.active, updated_at=now, updated_by=caller.label)
+        updated = history.recorded_gateway(current, updated, now)  # activation and scope instants (rule 1)
         self._store.put_gateway(updated, actor=caller.label, action="gateway.update",
                                 fields=_changed(current, updated, GATEWAY_FIELDS))
         return gateway_view(updated, facilities)
@@ -189,14 +214,16 @@ class AdminService:
         return destination_view(d, self._store.get_gateway(fg, d.gateway_id), self._store.facilities(fg))
 
     def _validated(self, fg: str, data: Mapping[str, Any], destination_id: str, previous: Optional[Destination]) -> tuple:
-        facilities = self._store.facilities(fg)
+        facilities, selectable = self._facilities(fg, keep=previous.facility_ids if previous else ())
         gw_id = data.get("gateway_id")
         gateway = self._store.get_gateway(fg, gw_id) if is_valid_id(gw_id) else None
         if gateway is not None and gateway.provisioning_state != "READY":
             gateway = None
+        now = self._clock.now()
         d = validate_destination(data, destination_id=destination_id, facility_group_id=fg, gateway=gateway,
-                                 group_facility_ids=frozenset(facilities), now=self._clock.now(), previous=previous)
-        return d, gateway, facilities
+                                 group_facility_ids=selectable, now=now, previous=previous)
+        # The instants that decide "no retroactive archiving" are recorded in the same write.
+        return history.recorded_destination(previous, d, now), gateway, facilities
 
     def create_destination(self, caller: Caller, fg: str, data: Any) -> dict:
         caller.require_group(fg)

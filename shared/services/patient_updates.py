@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import logs
-from ..domain.errors import MalformedInput
+from ..domain.errors import MalformedInput, TransientError
 from ..domain.models import ArchiveStateValue, Destination, Gateway, Job, JobState, JobType
 from ..domain.rules import TimeoutPolicy, job_id
 from ..ports import Clock
@@ -68,7 +68,10 @@ class PatientUpdateService:
                 raise MalformedInput("patient-updated.v1: a patient cannot be merged into itself")
         facilities = self._config.facilities_with_adt(fg)
         if payload["facility_id"] not in facilities:
-            raise MalformedInput("patient-updated.v1: unknown facility")
+            # Facilities arrive on their own topic (facility-changed.v1, docs/facilities.md): a new
+            # facility's event may still be on its way. Pub/Sub redelivers with backoff; the
+            # subscription's dead-letter policy parks it if the facility never comes.
+            raise TransientError("patient-updated.v1: facility not known (yet)")
         if not facilities[payload["facility_id"]]:
             logs.info("ADT not sent: Send ADT is off for the facility", event_id=payload["event_id"], facility_group_id=fg)
             return []

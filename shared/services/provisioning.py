@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from .. import logs
 from ..adapters.gcs import result_key_object, sa_key_object
+from ..domain import history
 from ..domain.errors import ArchSyncError, Conflict, TransientError
 from ..domain.models import Gateway
 from ..domain.provisioning import CREATE_STEPS, GatewayResources, LogState, Operation, ProvisioningLog
@@ -117,6 +118,7 @@ class Provisioner:
                                      service_account_email=email, service_account_key_id=state.get("key_name", ""),
                                      provisioning_state="READY", created_at=now, updated_at=now,
                                      created_by=actor, updated_by=actor)
+            gw = history.recorded_gateway(None, gw, now)  # its first interval: active/scope from now (rule 1)
             self._store.create_gateway_record(gw, actor=actor)
             state["gateway"] = gw
         else:  # pragma: no cover - CREATE_STEPS and this function change together

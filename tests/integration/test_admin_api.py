@@ -239,6 +239,12 @@ def test_destination_crud_and_table_columns(api):
     ({"moving_ae_title": "BACK\\SLASH"}, {"moving_ae_title"}),
     ({"max_retries": -1}, {"max_retries"}),
     ({"retry_timeout_seconds": 0}, {"retry_timeout_seconds"}),
+    # Issue 11 item 4: unbounded values overflowed the job deadline (10**12) or Firestore (10**20: a 500).
+    ({"max_retries": 11}, {"max_retries"}),
+    ({"max_retries": 10**12}, {"max_retries"}),
+    ({"max_retries": 10**20}, {"max_retries"}),
+    ({"retry_timeout_seconds": 3601}, {"retry_timeout_seconds"}),
+    ({"retry_timeout_seconds": 10**20}, {"retry_timeout_seconds"}),
     ({"transfer_syntax_uid": "1.2.x"}, {"transfer_syntax_uid"}),
     ({"excluded_sop_class_uids": ["1.02"]}, {"excluded_sop_class_uids"}),
     ({"trigger_status": None}, {"trigger_status"}),
@@ -272,6 +278,7 @@ ROUTES = [
     ("GET", "/destinations/{d}"), ("PATCH", "/destinations/{d}"), ("DELETE", "/destinations/{d}"),
     ("POST", "/destinations/{d}/activate"), ("POST", "/destinations/{d}/deactivate"),
     ("GET", "/jobs"), ("POST", "/jobs/archive-00000000000000000000000000000001/retry"), ("GET", "/exams/exam-1/archive-states"),
+    ("GET", "/facilities"),
 ]
 
 
@@ -322,3 +329,12 @@ def test_unknown_path_wrong_method_and_bad_json(api):
     assert r.status_code == 400 and r.json["error"]["code"] == "malformed"
     r = api.call("POST", f"{BASE}/destinations", raw="[1, 2]")
     assert r.status_code == 422
+
+
+def test_widening_a_gateway_with_a_destination_serving_all_it_serves_is_allowed(api):
+    gw = api.gateway(facility_ids=["fac-a"])
+    api.destination(gw["id"])  # empty list: whatever the gateway serves
+    r = api.call("PATCH", f"{BASE}/gateways/{gw['id']}", {"facility_ids": ["fac-a", "fac-b"]})
+    assert r.status_code == 200 and r.json["facility_ids"] == ["fac-a", "fac-b"]
+    r = api.call("PATCH", f"{BASE}/gateways/{gw['id']}", {"facility_ids": ["fac-b"]})  # narrowing still is not
+    assert r.status_code == 422 and "facility_ids" in r.json["error"]["fields"]

@@ -87,7 +87,9 @@ def test_fuzz_admin_operation(name, stack, admin_env):
                 assert _state(stack) == before, f"partial write on {r.status_code}: {path} {body}"
         elif r.is_json and r.status_code != 204 and "key" not in path:
             assert_matches_openapi(r.json, op.path, op.method.lower(), str(r.status_code))
-        if params.get("facility_group_id") != "fg-1":
+        if "{facility_group_id}" not in op.path:  # GET /v1/facility-groups: the caller's own groups only
+            assert r.status_code != 200 or [g["id"] for g in r.json["facility_groups"]] == ["fg-1"], r.json
+        elif params.get("facility_group_id") != "fg-1":
             assert r.status_code == 404, (path, r.status_code)
 
     run()

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from shared import contracts
-from shared.domain.errors import TransientError
+from shared.domain.errors import PermanentError, TransientError
 from shared.domain.messages import exam_status_changed
 from shared.domain.models import JobState
 from shared.domain.rules import TimeoutPolicy, archive_job_id
@@ -207,3 +207,56 @@ def test_other_facility_group_destinations_are_not_touched(world):
     world.store.save_destination(destination("dst-1", trigger="COMPLETED"))
     assert deliver(world, exam_event("COMPLETED", fg="fg-2")) == []
     assert jobs(world, "fg-2") == [] and jobs(world) == []
+
+
+# -- issue 11 item 4: one destination's configuration never blocks another's job ----------------
+
+def test_absurd_stored_retry_settings_do_not_stop_another_destinations_job(world):
+    """Written directly, as if saved before the bounds existed: max_retries=10**12 made the deadline
+    arithmetic overflow and stopped the jobs of every destination of the group."""
+    world.store.save_destination(destination("dst-a-absurd", trigger="COMPLETED", max_retries=10**12))
+    world.store.save_destination(destination("dst-b-fine", trigger="COMPLETED"))
+    with pytest.raises(PermanentError) as e:  # dead-lettered with the destination's id, not its values
+        deliver(world, exam_event("COMPLETED"))
+    assert "dst-a-absurd" in str(e.value) and "max_retries" in str(e.value) and "10000" not in str(e.value)
+    [job] = jobs(world)
+    assert job["destination_id"] == "dst-b-fine" and job["published"] is True
+    [msg] = world.pull(world.gw["gw-1"].subscription_id, expect=1)
+    assert msg.attributes["destination_id"] == "dst-b-fine"
+
+
+def test_absurd_destination_event_is_dead_lettered_by_the_function_and_replay_after_fix_creates_only_the_missing_job(
+        world, function_env):
+    from tests.support import cloud_event_headers, load_app, pubsub_envelope
+
+    world.store.save_destination(destination("dst-a-absurd", trigger="COMPLETED", retry_timeout_seconds=10**15))
+    world.store.save_destination(destination("dst-b-fine", trigger="COMPLETED"))
+    payload = exam_event("COMPLETED")
+    client = load_app("on_exam_status_changed")
+    r = client.post("/", json=pubsub_envelope(payload), headers=cloud_event_headers())
+    assert r.status_code == 200  # acknowledged: parked in the dead-letter topic, not retried forever
+    [dead] = world.pull("dead-letter-audit", expect=1)
+    assert "dst-a-absurd" in dead.attributes["reason"] and json.loads(dead.data) == payload
+    assert [j["destination_id"] for j in jobs(world)] == ["dst-b-fine"]
+    # The administrator fixes the destination; the operator replays the parked event.
+    world.store.save_destination(destination("dst-a-absurd", trigger="COMPLETED", retry_timeout_seconds=30))
+    r = client.post("/", json=pubsub_envelope(payload, message_id="m-2"), headers=cloud_event_headers(ce_id="ce-2"))
+    assert r.status_code == 200
+    assert sorted(j["destination_id"] for j in jobs(world)) == ["dst-a-absurd", "dst-b-fine"]
+    assert world.pull("dead-letter-audit", wait=0.5) == []
+
+
+def test_a_transient_failure_of_one_destination_does_not_stop_another_and_redelivery_completes_it(world):
+    world.store.save_destination(destination("dst-a", trigger="COMPLETED"))
+    world.store.save_destination(destination("dst-b", gateway_id="gw-2", trigger="COMPLETED", facility_ids=("fac-b",)))
+    world.bus.fail_first = 1  # dst-a's publish fails (it comes first)
+    payload = exam_event("COMPLETED", facility="fac-b")
+    with pytest.raises(TransientError) as e:  # so Pub/Sub redelivers the event
+        deliver(world, payload)
+    assert "dst-a" in str(e.value) and "dst-b" not in str(e.value)
+    assert {j["destination_id"]: j["published"] for j in jobs(world)} == {"dst-a": False, "dst-b": True}
+    assert len(world.pull(world.gw["gw-2"].subscription_id, expect=1)) == 1
+    world.clock.advance(seconds=61)  # the failed publisher's lease ran out
+    out = deliver(world, payload)
+    assert sorted((o.destination_id, o.outcome) for o in out) == [("dst-a", "republished"), ("dst-b", "exists")]
+    assert len(world.pull(world.gw["gw-1"].subscription_id, expect=1)) == 1

@@ -9,6 +9,9 @@ from shared.domain.models import LOCK_MESSAGE
 
 def test_demo_run_end_to_end(tmp_path):
     s = demo.run(quiet=True, log_dir=tmp_path)
+    # The facilities came from the platform through facility-changed.v1 (issue 11 item 1).
+    assert s["facilities"] == {"fac-main": ("Main Hospital", True), "fac-east": ("East Clinic", True),
+                               "fac-west": ("West Clinic", True)}
     # 9 exams complete (Enterprise VNA), 3 at fac-main reach Pending (legacy), 3 at fac-east reach
     # Inflight (east); the repeat, the duplicate and the retroactive exam add none.
     assert s["jobs_per_destination"] == {

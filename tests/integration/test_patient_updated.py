@@ -112,7 +112,6 @@ def test_redelivery_sends_one_message(world):
 @pytest.mark.parametrize("payload,reason", [
     (event("MERGE", prior={**PRIOR, "identifiers": event()["patient"]["identifiers"]}), "merged into itself"),
     (event("MERGE"), "without prior identifiers"),
-    (event(facility="fac-zz"), "unknown facility"),
     ({**event(), "exam_ids": []}, "exam_ids"),
     (event(sex="X"), "sex"),
     # Issue 11 item 12: values the ADT builder refuses are refused before anything is read, with
@@ -156,3 +155,28 @@ def test_a_bad_patient_event_is_dead_lettered_even_where_no_adt_would_be_sent(wo
     [dl] = world.pull("dead-letter-audit", expect=1)
     assert reason in dl.attributes["reason"]
     assert sent(world) == []
+
+
+def test_an_update_for_a_facility_not_received_yet_is_retried_until_its_facility_event_arrives(world, function_env):
+    """Facilities come on their own topic (facility-changed.v1): a patient update may overtake its
+    facility's event. It is redelivered (not dead-lettered) and sent once the facility is known."""
+    from tests.support import cloud_event_headers, facility_event, load_app, pubsub_envelope
+
+    world.store.save_destination(destination("hl7", **HL7))
+    set_state(world, "exam-1", "hl7")
+    patients = load_app("on_patient_updated")
+    payload = event(facility="fac-new")
+
+    def deliver(n):
+        return patients.post("/", data=json.dumps(pubsub_envelope(payload, message_id=f"m-{n}")),
+                             headers=cloud_event_headers("archsync-patient-updated", world.project, ce_id=f"ce-{n}"))
+
+    assert deliver(1).status_code == 500  # Pub/Sub redelivers with backoff
+    assert world.pull("dead-letter-audit", wait=0.5) == [] and sent(world, expect=0) == []
+    r = load_app("on_facility_changed").post(
+        "/", data=json.dumps(pubsub_envelope(facility_event("fac-new", send_adt=True))),
+        headers=cloud_event_headers("archsync-facility-changed", world.project))
+    assert r.status_code == 200
+    assert deliver(2).status_code == 200
+    [msg] = sent(world, expect=1)
+    assert msg["job_type"] == "ADT"

@@ -28,7 +28,8 @@ print(",".join(heavy))
 
 
 def test_function_list_matches_the_directories():
-    assert build_bundles.function_names() == ["admin_api", "lock_status", "on_exam_status_changed", "on_job_result", "on_patient_updated", "on_study_changed", "sweep_jobs"]
+    assert build_bundles.function_names() == ["admin_api", "lock_status", "on_exam_status_changed", "on_facility_changed", "on_job_result",
+                                             "on_patient_updated", "on_study_changed", "sweep_jobs"]
 
 
 @pytest.mark.parametrize("name", build_bundles.function_names())

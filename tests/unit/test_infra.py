@@ -210,9 +210,10 @@ def test_topics_the_code_names_are_declared():
     assert env["ARCHSYNC_DEAD_LETTER_TOPIC"] == '${google_pubsub_topic.dead_letter["inbound"].name}'
     assert env["ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC"] == '${google_pubsub_topic.dead_letter["gateway"].name}'
     # One inbound topic per Pub/Sub-triggered function, pushing to it.
-    assert inbound == {"archsync-exam-status", "archsync-study-changed", "archsync-patient-updated"}
+    assert inbound == {"archsync-exam-status", "archsync-study-changed", "archsync-patient-updated",
+                       "archsync-facility-changed"}
     assert {_unquote(v["function"]) for v in _locals()["inbound"].values()} == {
-        "on_exam_status_changed", "on_study_changed", "on_patient_updated"}
+        "on_exam_status_changed", "on_study_changed", "on_patient_updated", "on_facility_changed"}
     topics = _resources("google_pubsub_topic")
     assert topics["inbound"]["for_each"] == "${local.inbound}"
     assert topics["dead_letter"]["for_each"] == "${local.dead_letter}"

@@ -81,12 +81,14 @@ def test_host(host, ok):
     assert is_valid_host(host) is ok
 
 
-@pytest.mark.parametrize("value,ok", [(0, True), (3, True), (10, True), (-1, False), ("3", False), (1.5, False), (None, False)])
+@pytest.mark.parametrize("value,ok", [(0, True), (3, True), (10, True), (11, False), (10**12, False), (10**20, False),
+                                      (-1, False), ("3", False), (1.5, False), (None, False), (True, False)])
 def test_max_retries(value, ok):
     assert (build(max_retries=value).max_retries == value) if ok else ("max_retries" in errors_of(max_retries=value))
 
 
-@pytest.mark.parametrize("value,ok", [(1, True), (10, True), (0, False), (-5, False), ("10", False), (None, False)])
+@pytest.mark.parametrize("value,ok", [(1, True), (10, True), (3600, True), (3601, False), (10**20, False), (0, False),
+                                      (-5, False), ("10", False), (None, False)])
 def test_retry_timeout(value, ok):
     if ok:
         assert build(retry_timeout_seconds=value).retry_timeout_seconds == value
