@@ -92,7 +92,7 @@ def _sync_facilities(publisher, topic_path: str, admin: str, token: str, say) ->
         listed.update({f["id"]: f["name"] for f in body.get("facilities", [])})
         return len(listed) == len(FACILITIES)
 
-    _wait(synced, 60, "the facilities to arrive through facility-changed.v1")
+    _wait(synced, 180, "the facilities to arrive through facility-changed.v1")
     _, groups = _http_json("GET", f"{admin}/v1/facility-groups", token=token)
     say(f"  facility group {groups['facility_groups'][0]['name']!r}: facilities " + ", ".join(sorted(listed.values())))
 
