@@ -14,7 +14,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from ..domain.errors import Conflict
+from ..domain.errors import Conflict, MalformedInput, PermanentError
 from ..domain.models import OPEN_JOB_STATES, Destination, Gateway, Job
 from ..domain.provisioning import UNFINISHED, LogState, Operation, ProvisioningLog
 from . import codec
@@ -170,7 +170,13 @@ class FirestoreAdminStore(FirestoreStore):
             values, doc_id = after
             position = DocumentSnapshot(coll.document(doc_id), values, True, None, None, None)
             q = q.start_after(position)
-        return self._jobs(q.limit(query.page_size))
+        try:
+            return self._jobs(q.limit(query.page_size))
+        except PermanentError:
+            # Everything in this query comes from the request (filters and cursor, validated by
+            # shared.domain.job_query): what Firestore still refuses as INVALID_ARGUMENT (say, a
+            # value too large to index) is bad input, not a fault (issue 11 item 13).
+            raise MalformedInput("the database refused this job query: correct the filters or the cursor") from None
 
     # -- provisioning log ----------------------------------------------------------------
     def _log_ref(self, fg: str, gateway_id: str) -> Any:

@@ -11,6 +11,7 @@ from .models import (Destination, ExamStatusChanged, InstanceRef, Job, JobState,
                      StudyTarget)
 
 SCHEMA_VERSION = "1"
+MAX_INTEGER = 2**31 - 1
 
 
 def exam_status_changed(payload: Mapping[str, Any]) -> ExamStatusChanged:
@@ -88,6 +89,10 @@ def gateway_result(payload: Mapping[str, Any]) -> GatewayResult:
         time = parse_time(payload["time"])
     except ValueError:
         raise MalformedInput("job-result.v1: time lacks a UTC offset") from None
+    # Firestore stores 64-bit integers; a larger count or attempt could not be written (a 500 in
+    # the transaction) and is no real count anyway (issue 11 item 13).
+    if payload["attempt"] > MAX_INTEGER or any(v > MAX_INTEGER for v in (payload.get("counts") or {}).values()):
+        raise MalformedInput("job-result.v1: attempt or counts: too large")
     return GatewayResult(
         job_id=payload["job_id"],
         attempt=payload["attempt"],
