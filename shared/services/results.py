@@ -1,12 +1,12 @@
 """``on_job_result``: authenticate a gateway's result callback and apply it (rule 4)."""
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Mapping, Optional
 
 from .. import contracts, logs
-from ..domain.errors import MalformedInput, NotFound, Unauthorized
+from ..domain.errors import NotFound, Unauthorized
 from ..domain.jobs import Transition, apply_result
+from ..domain.json_input import parse_json
 from ..domain.messages import gateway_result
 from ..domain.models import Job
 from ..domain.rules import TimeoutPolicy
@@ -37,10 +37,7 @@ class ResultService:
         except Unauthorized:
             # The key may have been rotated since it was cached: look once more, uncached.
             verify(self._secrets.result_key(group, gateway_id, fresh=True), headers, body, now.timestamp(), self._skew)
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise MalformedInput("body is not JSON") from None
+        payload = parse_json(body)
         contracts.validate(contracts.JOB_RESULT, payload)
         result = gateway_result(payload)
 
