@@ -3,6 +3,8 @@ also when a step fails or the function dies at any step — and deletion removes
 from __future__ import annotations
 
 import json
+import time
+
 import pytest
 
 from shared.adapters.gcs import result_key_object, sa_key_object
@@ -11,6 +13,7 @@ from shared.domain.models import Facility, FacilityGroup
 from shared.domain.provisioning import CREATE_STEPS, GatewayResources, LogState
 from shared.domain.validation import validate_gateway
 from shared.services.provisioning import Provisioner, ProvisioningFailed, ProvisioningSettings
+from tests.support import load_app
 
 AGENT = "service-123@gcp-sa-pubsub.iam.gserviceaccount.com"
 
@@ -210,4 +213,107 @@ def test_crashed_delete_is_completed_by_the_sweeper(env, monkeypatch):
 def test_provisioning_calls_are_counted(env):
     before = env.cloud_.call_count()
     env.prov.create(new_gateway(), "Pat Admin")
-    assert env.cloud_.call_count() - before == 10  # topic, sub, SA, 2 sub-IAM, 2 bucket-IAM, key, 2 vault puts
+    iam, bucket_iam = env.emulators["iam"].calls, env.emulators["bucket_iam"].calls
+    policy_calls = iam["GetIamPolicy"] + iam["SetIamPolicy"] + bucket_iam["getIamPolicy"] + bucket_iam["setIamPolicy"]
+    # topic, sub, SA, key, 2 vault puts, and each policy read and write, retries included: at least
+    # 2 for the subscription and 2 for the bucket, more while IAM does not know the new account yet.
+    assert env.cloud_.call_count() - before == 6 + policy_calls and policy_calls >= 4
+
+
+# -- shared IAM policies and IAM's eventual consistency (issue 11 item 8) ------------------------
+
+def test_binding_a_new_service_account_waits_until_iam_knows_it(env):
+    """The stand-ins, like production, refuse for a while to bind an account created a moment
+    ago ("... does not exist"): the binding steps retry instead of rolling everything back."""
+    iam = env.emulators["iam"]
+    assert iam.propagation_seconds > 0
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    member = f"serviceAccount:{gw.service_account_email}"
+    assert iam.calls["SetIamPolicy"] >= 2  # refused at least once, then accepted
+    [resource] = leftovers(env)["subscription_bindings"]
+    assert member in iam.policies[resource].bindings[0].members
+    assert leftovers(env)["bucket_bindings"] == [env.objects_bucket]
+
+
+def test_an_account_iam_never_learns_fails_within_the_bound_and_rolls_back(env):
+    from shared.adapters.pubsub_admin import PubSubAdmin
+    from shared.adapters.retrying import NOT_YET_VISIBLE, STALE_ETAG, Backoff
+
+    iam = env.emulators["iam"]
+    iam.propagation_seconds = 3600
+    short = {NOT_YET_VISIBLE: Backoff(0.05, 0.2, deadline=1.0), STALE_ETAG: Backoff(0.01, 0.05, deadline=1.0)}
+    env.cloud_.pubsub = PubSubAdmin(env.project, policy_client=iam.subscriber_policy_client(), retries=short)
+    started = time.monotonic()
+    with pytest.raises(ProvisioningFailed, match="subscription_binding"):
+        env.prov.create(new_gateway(), "Pat Admin")
+    assert time.monotonic() - started < 15
+    assert iam.calls["SetIamPolicy"] >= 3  # retried, then gave up
+    assert leftovers(env) == NOTHING
+
+
+def test_stale_etag_on_a_shared_policy_redoes_the_read_modify_write(env):
+    import grpc
+
+    env.emulators["iam"].propagation_seconds = 0
+    bucket_iam, iam = env.emulators["bucket_iam"], env.emulators["iam"]
+    bucket_iam.fail_next("PUT", status=412, times=2)  # another writer changed it after our read, twice
+    iam.fail_next("SetIamPolicy", grpc.StatusCode.ABORTED)  # IAM's answer to the same race
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    assert bucket_iam.calls["getIamPolicy"] == bucket_iam.calls["setIamPolicy"] == 3
+    assert iam.calls["GetIamPolicy"] == iam.calls["SetIamPolicy"] == 2
+    member = f"serviceAccount:{gw.service_account_email}"
+    [b] = bucket_iam.policies[env.objects_bucket]["bindings"]
+    assert member in b["members"]
+
+
+def test_concurrent_grants_on_one_bucket_all_land(env):
+    """Eight writers of the one objects-bucket policy at once: each that loses the etag race reads
+    again and retries, so every binding is there at the end and none was overwritten."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.adapters.gcs import BucketIam
+
+    barrier = threading.Barrier(8)
+
+    def grant(i: int) -> None:
+        adapter = BucketIam(env.emulators["bucket_iam"].client(env.project))
+        barrier.wait(timeout=60)
+        adapter.grant_prefix_reader(env.objects_bucket, f"user:u{i}@example.com", f"gateways/gw-{i}/")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(grant, range(8)))
+    bindings = env.emulators["bucket_iam"].policies[env.objects_bucket]["bindings"]
+    assert sorted(m for b in bindings for m in b["members"]) == sorted(f"user:u{i}@example.com" for i in range(8))
+
+
+def test_eight_parallel_gateway_creations_across_two_groups_all_succeed(stack, admin_env):
+    """Issue 11 item 8: they used to collide on the objects bucket's IAM policy (412), roll back
+    and answer 503, and a new service account could not be bound at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for fg in ("fg-1", "fg-2"):
+        stack.store.save_facility_group(FacilityGroup(fg, fg))
+    stack.topic("archsync-gateway-dead-letter")
+    app = load_app("admin_api").application
+
+    def create(i: int):
+        fg = ("fg-1", "fg-2")[i % 2]
+        r = app.test_client().post(f"/v1/facility-groups/{fg}/gateways", json={"name": f"Gateway {i}"},
+                                   headers=admin_env.headers([fg]))
+        return fg, r.status_code, r.json
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(create, range(8)))
+    assert [code for _, code, _ in results] == [201] * 8, results
+    iam, bucket_iam = stack.emulators["iam"], stack.emulators["bucket_iam"]
+    emails = {body["service_account_email"] for _, _, body in results}
+    assert len(emails) == 8 and set(iam.service_accounts) == emails
+    assert sum(len(k) for k in iam.keys.values()) == 8
+    bound = {m.split(":", 1)[1] for b in bucket_iam.policies[stack.objects_bucket]["bindings"] for m in b["members"]}
+    assert bound == emails
+    for fg, _, body in results:
+        resource = f"projects/{stack.project}/subscriptions/{body['pubsub_subscription_id']}"
+        assert f"serviceAccount:{body['service_account_email']}" in iam.policies[resource].bindings[0].members
+        assert stack.store.get_gateway(fg, body["id"]).provisioning_state == "READY"
+        assert stack.store.get_log(fg, body["id"]).state is LogState.DONE
