@@ -131,6 +131,15 @@ class FirestoreAdminStore(FirestoreStore):
         self._audit(batch, gateway.facility_group_id, actor, action, "gateway", gateway.id, fields, gateway.updated_at)
         self._commit(batch, 2)
 
+    def set_gateway_key(self, fg: str, gateway_id: str, key_name: str, *, actor: str, at: datetime) -> None:
+        """Point the gateway at its current service-account key, with the audit entry. Only these
+        fields are written, so a concurrent edit of the gateway's other fields is not undone."""
+        batch = self._db.batch()
+        batch.update(self._group(fg).collection(GATEWAYS).document(gateway_id),
+                     {"service_account_key_id": key_name, "updated_at": at, "updated_by": actor})
+        self._audit(batch, fg, actor, "gateway.key.rotate", "gateway", gateway_id, ["service_account_key_id"], at)
+        self._commit(batch, 2)
+
     def create_gateway_record(self, gateway: Gateway, *, actor: str) -> None:
         """The last provisioning step: the record, its audit entry and the log's DONE, atomically."""
         fg = gateway.facility_group_id
@@ -196,7 +205,7 @@ class FirestoreAdminStore(FirestoreStore):
                 snap = ref.get()
             self._read()
             if snap.exists and snap.get("state") != replace_state.value:
-                raise Conflict("gateway is being provisioned or deleted")
+                raise Conflict("the gateway is being provisioned, deleted or given a new key: retry later")
             try:
                 with _translated():
                     if snap.exists:
@@ -204,7 +213,7 @@ class FirestoreAdminStore(FirestoreStore):
                     else:
                         ref.create(_log_to_doc(log))
             except (gexc.FailedPrecondition, gexc.AlreadyExists):
-                raise Conflict("gateway is being provisioned or deleted") from None
+                raise Conflict("the gateway is being provisioned, deleted or given a new key: retry later") from None
         self.ops.writes += 1
 
     def log_step(self, fg: str, gateway_id: str, step: str) -> None:

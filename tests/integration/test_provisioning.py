@@ -235,12 +235,12 @@ def test_binding_a_new_service_account_waits_until_iam_knows_it(env):
     assert leftovers(env)["bucket_bindings"] == [env.objects_bucket]
 
 
-def test_an_account_iam_never_learns_fails_within_the_bound_and_rolls_back(env):
+def test_an_account_iam_never_learns_fails_within_the_bound_and_rolls_back(env, monkeypatch):
     from shared.adapters.pubsub_admin import PubSubAdmin
     from shared.adapters.retrying import NOT_YET_VISIBLE, STALE_ETAG, Backoff
 
     iam = env.emulators["iam"]
-    iam.propagation_seconds = 3600
+    monkeypatch.setattr(iam, "propagation_seconds", 3600)
     short = {NOT_YET_VISIBLE: Backoff(0.05, 0.2, deadline=1.0), STALE_ETAG: Backoff(0.01, 0.05, deadline=1.0)}
     env.cloud_.pubsub = PubSubAdmin(env.project, policy_client=iam.subscriber_policy_client(), retries=short)
     started = time.monotonic()
@@ -251,10 +251,10 @@ def test_an_account_iam_never_learns_fails_within_the_bound_and_rolls_back(env):
     assert leftovers(env) == NOTHING
 
 
-def test_stale_etag_on_a_shared_policy_redoes_the_read_modify_write(env):
+def test_stale_etag_on_a_shared_policy_redoes_the_read_modify_write(env, monkeypatch):
     import grpc
 
-    env.emulators["iam"].propagation_seconds = 0
+    monkeypatch.setattr(env.emulators["iam"], "propagation_seconds", 0)
     bucket_iam, iam = env.emulators["bucket_iam"], env.emulators["iam"]
     bucket_iam.fail_next("PUT", status=412, times=2)  # another writer changed it after our read, twice
     iam.fail_next("SetIamPolicy", grpc.StatusCode.ABORTED)  # IAM's answer to the same race
@@ -317,3 +317,86 @@ def test_eight_parallel_gateway_creations_across_two_groups_all_succeed(stack, a
         assert f"serviceAccount:{body['service_account_email']}" in iam.policies[resource].bindings[0].members
         assert stack.store.get_gateway(fg, body["id"]).provisioning_state == "READY"
         assert stack.store.get_log(fg, body["id"]).state is LogState.DONE
+
+
+# -- service-account key rotation as one unit (issue 11 item 16) ---------------------------------
+
+ROTATION_STEPS = ("begin_log", "create_key", "vault_put", "record", "delete_old_key", "log_done")
+
+
+def key_state(s, gw_id="gw-0123456789"):
+    """(active user-managed keys, the key the record tracks, the key id in the vault)."""
+    res = GatewayResources("fg-1", gw_id)
+    keys = sorted(k for e, ks in s.emulators["iam"].keys.items() if res.account_id in e for k in ks)
+    stored = json.loads(s.vault.get(sa_key_object("fg-1", gw_id), fresh=True))
+    return keys, s.store.get_gateway("fg-1", gw_id).service_account_key_id, stored["private_key_id"]
+
+
+def assert_one_tracked_key(s) -> str:
+    keys, recorded, stored_id = key_state(s)
+    assert keys == [recorded] and recorded.endswith("/keys/" + stored_id), (keys, recorded, stored_id)
+    assert s.store.get_log("fg-1", "gw-0123456789").state is LogState.DONE
+    return recorded
+
+
+def _inject(env, monkeypatch, step: str, failure: BaseException) -> None:
+    """Make ``step`` of a rotation take effect and then raise ``failure`` (the worst case: the
+    caller cannot tell whether it happened), once."""
+    targets = {"begin_log": (env.store, "begin_log"), "create_key": (env.cloud_.iam, "create_key"),
+               "vault_put": (env.cloud_.vault, "put"), "record": (env.store, "set_gateway_key"),
+               "delete_old_key": (env.cloud_.iam, "delete_key"), "log_done": (env.store, "set_log_state")}
+    obj, name = targets[step]
+    real = getattr(obj, name)
+    fired = []
+
+    def failing(*a, **k):
+        out = real(*a, **k)
+        if not fired and (step != "log_done" or a[2] is LogState.DONE):
+            fired.append(1)
+            raise failure
+        return out
+
+    monkeypatch.setattr(obj, name, failing)
+
+
+@pytest.mark.parametrize("how", ["error", "crash"])
+@pytest.mark.parametrize("step", ROTATION_STEPS)
+def test_rotation_failing_at_any_step_leaves_no_untracked_active_key(env, monkeypatch, step, how):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    old = assert_one_tracked_key(env)
+    _inject(env, monkeypatch, step, TransientError(f"injected after {step}") if how == "error" else SimulatedCrash(step))
+    outcome = None
+    try:
+        outcome = env.prov.rotate_key(gw, "Sam Admin")
+    except SimulatedCrash:
+        assert how == "crash"
+    except TransientError:
+        assert how == "error"
+    monkeypatch.undo()  # the cloud and the store work again
+    if env.store.get_log("fg-1", gw.id).state is not LogState.DONE:
+        assert env.prov.finish_stale() == []  # not before the lease ran out: the function may be alive
+        env.clock.advance(seconds=301)
+        assert env.prov.finish_stale() == [gw.id]
+    kept = assert_one_tracked_key(env)
+    if outcome is not None:  # the caller was told it worked: the new key is the one left
+        assert kept == outcome.service_account_key_id != old
+    # And the gateway can rotate again afterwards.
+    env.prov.rotate_key(env.store.get_gateway("fg-1", gw.id), "Sam Admin")
+    assert assert_one_tracked_key(env) != kept
+
+
+def test_rotation_in_progress_refuses_a_second_rotation_and_a_delete(env, monkeypatch):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    _inject(env, monkeypatch, "create_key", SimulatedCrash("create_key"))
+    with pytest.raises(SimulatedCrash):
+        env.prov.rotate_key(gw, "Sam Admin")
+    monkeypatch.undo()
+    with pytest.raises(Conflict):
+        env.prov.rotate_key(gw, "Sam Admin")
+    with pytest.raises(Conflict):
+        env.prov.delete(gw, "Sam Admin", lambda: None)
+    env.clock.advance(seconds=301)
+    assert env.prov.finish_stale() == [gw.id]
+    assert_one_tracked_key(env)
+    env.prov.delete(env.store.get_gateway("fg-1", gw.id), "Sam Admin", lambda: None)
+    assert leftovers(env) == NOTHING
