@@ -283,7 +283,7 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         fs, ps, gcs = processes.start_firestore(log_dir), processes.start_pubsub(log_dir), start_gcs(log_dir)
         started += [fs, ps, gcs]
         iam = IamStandIn().start()
-        bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs)).start()
+        bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member).start()
         started += [iam, bucket_iam]
         os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host,
                            "STORAGE_EMULATOR_HOST": emulator_url(gcs)})
@@ -371,7 +371,7 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         failed_before = sorted(j["failure_reason"] for j in _jobs(store) if j["destination_id"] == legacy["id"])
         for j in _jobs(store):
             if j["destination_id"] == legacy["id"] and j["state"] == "FAILED":
-                status, _ = _http_json("POST", f"{admin}/v1/facility-groups/{FG}/jobs/{j['id']}/retry", {}, token)
+                status, _ = _http_json("POST", f"{admin}/v1/facility-groups/{FG}/jobs/{j['id']}/retry", None, token)
                 assert status == 200
         _wait(lambda: all(j["state"] == "COMPLETED" for j in _jobs(store) if j["destination_id"] == legacy["id"]), 180,
               "the retried jobs")

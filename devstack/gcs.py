@@ -28,7 +28,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from devstack.processes import Service, free_port
 
@@ -107,11 +107,15 @@ class BucketIamStandIn:
     ``condition``, ``etag``). A PUT whose ``etag`` is set and stale gets 412; conditional bindings
     need version 3 (on PUT, and on GET via ``optionsRequestedPolicyVersion``), else 400, as in GCS.
     Any bucket name is accepted. With ``upstream`` (fake-gcs-server's URL) every other request is
-    relayed there, so a single ``storage.Client`` serves objects and IAM.
+    relayed there, so a single ``storage.Client`` serves objects and IAM. With ``member_check``
+    (``IamStandIn.unusable_member``), a PUT naming a member IAM does not know yet (a service
+    account created a moment ago: IAM is eventually consistent) gets 400 "... does not exist.".
     """
 
-    def __init__(self, upstream: Optional[str] = None) -> None:
+    def __init__(self, upstream: Optional[str] = None,
+                 member_check: Optional[Callable[[str], Optional[str]]] = None) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
+        self.member_check = member_check
         self._lock = threading.Lock()
         self._etags = itertools.count(2)
         self._server: Optional[ThreadingHTTPServer] = None
@@ -226,6 +230,10 @@ class BucketIamStandIn:
                 raise _HttpError(400, f"Invalid condition {condition!r}: expression is required.")
         if version < 3 and _has_conditions({"bindings": bindings}):
             raise _HttpError(400, "Conditional role bindings require policy version 3.")
+        for member in (m for binding in bindings for m in binding["members"]):
+            problem = self.member_check(member) if self.member_check is not None else None
+            if problem:
+                raise _HttpError(400, problem)
         with self._lock:
             current = self._policies.get(bucket)
             current_etag = current["etag"] if current else EMPTY_POLICY_ETAG

@@ -22,6 +22,7 @@ import re
 import secrets
 import struct
 import threading
+import time
 import urllib.parse
 from concurrent import futures
 from dataclasses import dataclass
@@ -99,10 +100,17 @@ class IamStandIn:
 
     ``key_bits`` is the RSA size of generated service-account keys: 2048 like real IAM (about
     50-100 ms per key here); 1024 is faster when a test makes many keys.
+
+    ``propagation_seconds``: IAM is eventually consistent. For this long after its creation a
+    service account cannot be named in a policy: SetIamPolicy answers INVALID_ARGUMENT "Service
+    account ... does not exist." as production does (Google documents up to a minute and more;
+    the default here is short, like a test's patience). 0 turns it off. :meth:`unusable_member`
+    lets the bucket-IAM stand-in apply the same rule.
     """
 
-    def __init__(self, key_bits: int = 2048, max_workers: int = 8) -> None:
+    def __init__(self, key_bits: int = 2048, max_workers: int = 8, propagation_seconds: float = 1.0) -> None:
         self.key_bits = key_bits
+        self.propagation_seconds = propagation_seconds
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._server: Optional[grpc.Server] = None
@@ -216,7 +224,23 @@ class IamStandIn:
         with self._lock:
             self._clear()
 
+    def unusable_member(self, member: str) -> Optional[str]:
+        """Why a policy may not name ``member`` yet (its service account was created less than
+        ``propagation_seconds`` ago), or None. Accounts this stand-in never made (another
+        project's, Google's service agents) are accepted."""
+        with self._lock:
+            return self._unusable_locked(member)
+
+    def _unusable_locked(self, member: str) -> Optional[str]:
+        """Lock held: :meth:`unusable_member`."""
+        kind, _, email = member.partition(":")
+        created = self._created.get(email) if kind == "serviceAccount" else None
+        if created is not None and time.monotonic() - created < self.propagation_seconds:
+            return f"Service account {email} does not exist."
+        return None
+
     def _clear(self) -> None:
+        self._created: dict[str, float] = {}  # email -> time.monotonic() at creation
         self._accounts: dict[str, iam.ServiceAccount] = {}
         self._keys: dict[str, _Key] = {}  # key name -> key
         self._policies: dict[str, policy_pb2.Policy] = {}
@@ -301,6 +325,7 @@ class IamStandIn:
                 _abort(context, grpc.StatusCode.ALREADY_EXISTS,
                        f"Service account {account_id} already exists within project projects/{project}.")
             self._accounts[email] = sa
+            self._created[email] = time.monotonic()
             return _copy(sa)
 
     def _get_sa(self, req: iam.GetServiceAccountRequest, context: grpc.ServicerContext) -> iam.ServiceAccount:
@@ -429,6 +454,10 @@ class IamStandIn:
             if req.policy.etag and req.policy.etag != current_etag:
                 _abort(context, grpc.StatusCode.ABORTED, "There were concurrent policy changes. "
                        "Please retry the whole read-modify-write with exponential backoff.")
+            for member in (m for b in req.policy.bindings for m in b.members):
+                problem = self._unusable_locked(member)
+                if problem:
+                    _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
             policy = _copy(req.policy)
             policy.version = policy.version or 1
             if policy.version < 3 and any(b.HasField("condition") for b in policy.bindings):

@@ -128,7 +128,8 @@ def provisioning(n: int) -> None:
 
     log_dir = Path(tempfile.mkdtemp(prefix="archsync-bench-"))
     fs, ps, gcs = processes.start_firestore(log_dir), processes.start_pubsub(log_dir), start_gcs(log_dir)
-    iam, biam = IamStandIn().start(), BucketIamStandIn(upstream=emulator_url(gcs)).start()
+    iam = IamStandIn().start()
+    biam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member).start()
     try:
         os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host,
                            "STORAGE_EMULATOR_HOST": emulator_url(gcs)})

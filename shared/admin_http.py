@@ -3,13 +3,13 @@ Authentication comes first: a request without a valid token learns nothing, not 
 path exists."""
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Callable, Mapping, Optional
 
 from .auth import Caller, JwtVerifier
 from .domain.errors import MalformedInput, NotFound
-from .http import error, json_response
+from .domain.json_input import parse_json
+from .http import JSON, HttpError, error, json_response, require_content
 from .services.admin import AdminService
 
 _ID = r"([A-Za-z0-9][A-Za-z0-9._:-]{0,127})"
@@ -88,13 +88,19 @@ ROUTES: list[tuple[re.Pattern, dict[str, Handler]]] = [
 ]
 
 
-def _json_body(method: str, raw: bytes) -> Any:
-    if method not in ("POST", "PATCH") or not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise MalformedInput("body is not JSON") from None
+# The operations whose request body openapi.yaml declares, with its media types; every other
+# operation takes no body. A body of another type is refused with 415 (issue 11 item 13);
+# tests/unit/test_http_contract.py keeps this table in step with the document.
+REQUEST_BODIES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("POST", _BASE + r"/gateways$"): (JSON,),
+    ("PATCH", _BASE + rf"/gateways/{_ID}$"): (JSON,),
+    ("POST", _BASE + r"/destinations$"): (JSON,),
+    ("PATCH", _BASE + rf"/destinations/{_ID}$"): (JSON,),
+}
+
+
+def _json_body(raw: bytes) -> Any:
+    return parse_json(raw) if raw else None
 
 
 def dispatch(service_factory: Callable[[], AdminService], verifier: JwtVerifier, method: str, path: str,
@@ -104,13 +110,19 @@ def dispatch(service_factory: Callable[[], AdminService], verifier: JwtVerifier,
         match = pattern.match(path)
         if match is None:
             continue
+        # Every route starts with the facility group: another group's paths answer 404 before
+        # anything else is checked (rule 8), the services check again.
+        caller.require_group(match.group(1))
         handler: Optional[Handler] = methods.get(method)
         if handler is None:
-            return error(405, "method_not_allowed", f"allowed: {', '.join(sorted(methods))}")
+            allowed = ", ".join(sorted(methods))
+            raise HttpError(405, "method_not_allowed", f"allowed: {allowed}", headers={"Allow": allowed})
         if len(raw_body) > MAX_BODY:
             return error(413, "too_large", "request body too large")
+        declared = REQUEST_BODIES.get((method, pattern.pattern), ())
+        require_content(headers.get("Content-Type"), raw_body, declared)
         if args and any(len(v) > 1 for v in getattr(args, "listvalues", lambda: [])()):
             raise MalformedInput("each query parameter may be given once")
         query = {k: v for k, v in (args or {}).items()}
-        return handler(service_factory(), caller, match.groups(), _json_body(method, raw_body), query)
+        return handler(service_factory(), caller, match.groups(), _json_body(raw_body) if declared else None, query)
     raise NotFound("no such resource")

@@ -5,7 +5,7 @@ issuer and audience are verified; anything else is a 401 that says nothing about
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .domain.errors import NotFound, Unauthorized
 from .domain.validation import is_valid_id
@@ -38,7 +38,13 @@ class JwtVerifier:
         import jwt  # only the admin function pays for it
 
         self._jwt = jwt
-        self._keys = [_load_key(pem) for pem in public_keys_pem]  # parsed once: a bad key fails at start-up
+        # Parsed once, so a bad key fails at start-up; grouped by the one algorithm each key
+        # verifies, so RSA and EC keys can be configured together (a rotation from one family to
+        # the other) and a token is only ever checked against keys of its own algorithm.
+        self._keys: dict[str, list[Any]] = {alg: [] for alg in ALGORITHMS}
+        for pem in public_keys_pem:
+            key = _load_key(pem)
+            self._keys[_algorithm(key)].append(key)
         self._audience, self._issuer, self._leeway = audience, issuer, leeway_seconds
 
     def verify(self, headers: Mapping[str, str]) -> Caller:
@@ -46,11 +52,22 @@ class JwtVerifier:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("missing bearer token")
+        token = token.strip()
+        try:
+            alg = self._jwt.get_unverified_header(token).get("alg")
+        except self._jwt.PyJWTError as e:
+            raise Unauthorized(f"invalid token: {type(e).__name__}") from None
+        # RFC 8725 3.1: the algorithm is chosen by the key, never by the token. A token whose
+        # algorithm no configured key uses (none, HS256, ES256 with only RSA keys ...) is refused
+        # here; before, PyJWT raised TypeError on a key of the other family (issue 11 item 13).
+        keys = self._keys.get(alg, []) if isinstance(alg, str) else []
+        if not keys:
+            raise Unauthorized("invalid token: algorithm")
         claims = None
-        for key in self._keys:  # several keys: rotation without downtime
+        for key in keys:  # several keys of one algorithm: rotation without downtime
             try:
                 claims = self._jwt.decode(
-                    token.strip(), key=key, algorithms=list(ALGORITHMS), audience=self._audience, issuer=self._issuer,
+                    token, key=key, algorithms=[alg], audience=self._audience, issuer=self._issuer,
                     leeway=self._leeway, options={"require": ["exp", "iat", "sub", "aud", "iss"]})
                 break
             except self._jwt.InvalidSignatureError:
@@ -69,7 +86,18 @@ class JwtVerifier:
         return Caller(sub, name if isinstance(name, str) else "", frozenset(groups))
 
 
-def _load_key(pem: str):
+def _load_key(pem: str) -> Any:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     return load_pem_public_key(pem.encode())
+
+
+def _algorithm(key: Any) -> str:
+    """RS256 for an RSA key, ES256 for an EC P-256 key (RFC 7518 3.4: ES256 is P-256 only)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    raise RuntimeError("admin JWT public keys must be RSA (RS256) or EC P-256 (ES256)")

@@ -29,8 +29,10 @@ def emulators(tmp_path_factory) -> Iterator[dict]:
     fs = processes.start_firestore(log_dir)
     ps = processes.start_pubsub(log_dir)
     gcs = start_gcs(log_dir)
-    iam = IamStandIn(key_bits=1024).start()  # small keys: faster, and never used to sign anything
-    bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs)).start()
+    # Small keys: faster, and never used to sign anything. A new service account becomes usable in
+    # IAM policies 1 s after its creation (production: seconds, up to a minute and more).
+    iam = IamStandIn(key_bits=1024, propagation_seconds=1.0).start()
+    bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member).start()
     os.environ["FIRESTORE_EMULATOR_HOST"] = fs.host
     os.environ["PUBSUB_EMULATOR_HOST"] = ps.host
     os.environ["STORAGE_EMULATOR_HOST"] = emulator_url(gcs)

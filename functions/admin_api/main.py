@@ -6,15 +6,18 @@ import functions_framework
 
 from shared import wiring
 from shared.admin_http import dispatch
-from shared.http import guarded
+from shared.http import guarded, install_json_errors
 from shared.settings import Settings
 
 NAME = "admin_api"
+install_json_errors(functions_framework.errorhandler, NAME)  # the framework's own answers are JSON too
 
 
 @functions_framework.http
 def admin_api(request):
-    settings = Settings.from_env(os.environ)
-    return guarded(lambda: dispatch(lambda: wiring.admin_service(settings), wiring.jwt_verifier(settings),
-                                    request.method, request.path, request.headers, request.get_data(cache=False),
-                                    request.args), NAME)
+    def handle():
+        settings = Settings.from_env(os.environ)
+        return dispatch(lambda: wiring.admin_service(settings), wiring.jwt_verifier(settings), request.method,
+                        request.path, request.headers, request.get_data(cache=False), request.args)
+
+    return guarded(handle, NAME)

@@ -8,24 +8,25 @@ import functions_framework
 from shared import wiring
 from shared.clock import iso
 from shared.domain.models import LOCKED_ACTIONS
-from shared.http import error, guarded, json_response
+from shared.http import HttpError, guarded, install_json_errors, json_response, require_content
 from shared.services.locks import LockService
 from shared.settings import Settings
 
 NAME = "lock_status"
 _PATH = re.compile(r"^/v1/facility-groups/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/exams/([A-Za-z0-9][A-Za-z0-9._:-]{0,127})/lock$")
+install_json_errors(functions_framework.errorhandler, NAME)  # the framework's own answers are JSON too
 
 
 @functions_framework.http
 def lock_status(request):
-    if request.method != "GET":
-        return error(405, "method_not_allowed", "GET the lock status")
-    match = _PATH.match(request.path)
-    if not match:
-        return error(400, "bad_path", "expected /v1/facility-groups/{facility_group_id}/exams/{exam_id}/lock")
-    settings = Settings.from_env(os.environ)
-
     def handle():
+        if request.method != "GET":
+            raise HttpError(405, "method_not_allowed", "GET the lock status", headers={"Allow": "GET"})
+        match = _PATH.match(request.path)
+        if not match:
+            raise HttpError(400, "bad_path", "expected /v1/facility-groups/{facility_group_id}/exams/{exam_id}/lock")
+        require_content(request.headers.get("Content-Type"), request.get_data(cache=False), ())
+        settings = Settings.from_env(os.environ)
         status = LockService(wiring.firestore_store(settings)).status(*match.groups())
         return json_response({
             "facility_group_id": status.facility_group_id,

@@ -5,20 +5,21 @@ import functions_framework
 
 from shared import wiring
 from shared.clock import SystemClock
-from shared.http import error, guarded, json_response
+from shared.http import HttpError, guarded, install_json_errors, json_response, require_content
 from shared.services.sweeper import SweepService
 from shared.settings import Settings
 
 NAME = "sweep_jobs"
+install_json_errors(functions_framework.errorhandler, NAME)  # the framework's own answers are JSON too
 
 
 @functions_framework.http
 def sweep_jobs(request):
-    if request.method != "POST":
-        return error(405, "method_not_allowed", "POST to run a sweep")
-    settings = Settings.from_env(os.environ)
-
     def handle():
+        if request.method != "POST":
+            raise HttpError(405, "method_not_allowed", "POST to run a sweep", headers={"Allow": "POST"})
+        require_content(request.headers.get("Content-Type"), request.get_data(cache=False), ())
+        settings = Settings.from_env(os.environ)
         store = wiring.firestore_store(settings)
         report = SweepService(store, store, wiring.job_publisher(settings), SystemClock(), settings.sweep_batch_size,
                               provisioner=wiring.provisioner(settings), followups=wiring.followups(settings)).run()

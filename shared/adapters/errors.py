@@ -3,7 +3,7 @@ adapters that call Google APIs."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 from google.api_core import exceptions as gexc
 
@@ -41,3 +41,34 @@ def translated(what: str, *, missing_ok: bool = False, exists_ok: bool = False) 
     except gexc.GoogleAPICallError as e:
         # Permission and configuration problems: an operator can fix them, so let callers retry.
         raise TransientError(f"{what}: {type(e).__name__}") from e
+
+
+def policy_retry_kind(e: Exception) -> Optional[str]:
+    """Which retryable situation of an IAM policy read-modify-write ``e`` is (shared.adapters.retrying):
+    a stale etag (GCS: 412 Precondition Failed; IAM and Pub/Sub: 409 ABORTED "concurrent policy
+    changes"), or a member that IAM does not know yet (a fresh service account: 400 or 404 "...
+    does not exist", as the Terraform Google provider also treats it); None for anything else."""
+    from .retrying import NOT_YET_VISIBLE, STALE_ETAG
+
+    if isinstance(e, (gexc.PreconditionFailed, gexc.Aborted, gexc.Conflict)):
+        return STALE_ETAG
+    if isinstance(e, (gexc.BadRequest, gexc.NotFound)) and "does not exist" in str(getattr(e, "message", "") or e):
+        return NOT_YET_VISIBLE
+    return None
+
+
+def is_commit_contention(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) is Firestore contention: google-cloud-firestore
+    retries a transaction whose commit a concurrent writer aborted ``max_attempts`` times, then
+    raises ``ValueError("Failed to commit transaction in N attempts.")`` (firestore_v1/transaction.py,
+    _EXCEED_ATTEMPTS_TEMPLATE); a rollback failing after that is raised with the ValueError as its
+    context. ABORTED itself is Firestore's answer to lock contention."""
+    seen: Optional[BaseException] = e
+    for _ in range(4):  # the error, what it came from, and a little further
+        if seen is None:
+            return False
+        if isinstance(seen, gexc.Aborted) or (isinstance(seen, ValueError)
+                                             and str(seen).startswith("Failed to commit transaction")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -14,7 +14,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from ..domain.errors import Conflict
+from ..domain.errors import Conflict, MalformedInput, PermanentError
 from ..domain.models import OPEN_JOB_STATES, Destination, Facility, FacilityGroup, Gateway, Job
 from ..domain.provisioning import UNFINISHED, LogState, Operation, ProvisioningLog
 from . import codec
@@ -150,6 +150,15 @@ class FirestoreAdminStore(FirestoreStore):
         self._audit(batch, gateway.facility_group_id, actor, action, "gateway", gateway.id, fields, gateway.updated_at)
         self._commit(batch, 2)
 
+    def set_gateway_key(self, fg: str, gateway_id: str, key_name: str, *, actor: str, at: datetime) -> None:
+        """Point the gateway at its current service-account key, with the audit entry. Only these
+        fields are written, so a concurrent edit of the gateway's other fields is not undone."""
+        batch = self._db.batch()
+        batch.update(self._group(fg).collection(GATEWAYS).document(gateway_id),
+                     {"service_account_key_id": key_name, "updated_at": at, "updated_by": actor})
+        self._audit(batch, fg, actor, "gateway.key.rotate", "gateway", gateway_id, ["service_account_key_id"], at)
+        self._commit(batch, 2)
+
     def create_gateway_record(self, gateway: Gateway, *, actor: str) -> None:
         """The last provisioning step: the record, its audit entry and the log's DONE, atomically."""
         fg = gateway.facility_group_id
@@ -189,7 +198,13 @@ class FirestoreAdminStore(FirestoreStore):
             values, doc_id = after
             position = DocumentSnapshot(coll.document(doc_id), values, True, None, None, None)
             q = q.start_after(position)
-        return self._jobs(q.limit(query.page_size))
+        try:
+            return self._jobs(q.limit(query.page_size))
+        except PermanentError:
+            # Everything in this query comes from the request (filters and cursor, validated by
+            # shared.domain.job_query): what Firestore still refuses as INVALID_ARGUMENT (say, a
+            # value too large to index) is bad input, not a fault (issue 11 item 13).
+            raise MalformedInput("the database refused this job query: correct the filters or the cursor") from None
 
     # -- provisioning log ----------------------------------------------------------------
     def _log_ref(self, fg: str, gateway_id: str) -> Any:
@@ -209,7 +224,7 @@ class FirestoreAdminStore(FirestoreStore):
                 snap = ref.get()
             self._read()
             if snap.exists and snap.get("state") != replace_state.value:
-                raise Conflict("gateway is being provisioned or deleted")
+                raise Conflict("the gateway is being provisioned, deleted or given a new key: retry later")
             try:
                 with _translated():
                     if snap.exists:
@@ -217,7 +232,7 @@ class FirestoreAdminStore(FirestoreStore):
                     else:
                         ref.create(_log_to_doc(log))
             except (gexc.FailedPrecondition, gexc.AlreadyExists):
-                raise Conflict("gateway is being provisioned or deleted") from None
+                raise Conflict("the gateway is being provisioned, deleted or given a new key: retry later") from None
         self.ops.writes += 1
 
     def log_step(self, fg: str, gateway_id: str, step: str) -> None:

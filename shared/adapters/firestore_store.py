@@ -22,7 +22,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from ..domain.errors import PermanentError, TransientError
+from ..domain.errors import ArchSyncError, Contention, PermanentError, TransientError
 from ..domain.jobs import Transition
 from ..domain.models import (
     OPEN_JOB_STATES,
@@ -37,7 +37,7 @@ from ..domain.models import (
 )
 from ..domain.job_query import all_shapes, indexes_for
 from . import codec
-from .errors import TRANSIENT
+from .errors import TRANSIENT, is_commit_contention
 
 GROUPS = "facility_groups"
 FACILITIES = "facilities"
@@ -77,13 +77,26 @@ def _translated() -> Iterator[None]:
         yield
     except (gexc.AlreadyExists, gexc.FailedPrecondition):
         raise  # answers to create() and preconditions: the caller decides what they mean
-    except TRANSIENT as e:
-        raise TransientError(f"Firestore unavailable: {type(e).__name__}") from e
-    except (gexc.InvalidArgument, gexc.NotFound) as e:
-        raise PermanentError(f"Firestore rejected the request: {type(e).__name__}") from e
-    except gexc.GoogleAPICallError as e:
+    except Exception as e:
+        mapped = _firestore_error(e)
+        if mapped is None:
+            raise
+        raise mapped from e
+
+
+def _firestore_error(e: Exception) -> Optional[ArchSyncError]:
+    if is_commit_contention(e):
+        # Issue 11 item 7: concurrent writers of one document (e.g. a gateway's results racing);
+        # the library already retried the transaction. Retry in a moment (HTTP 503 + Retry-After).
+        return Contention("Firestore: concurrent updates of one document")
+    if isinstance(e, TRANSIENT):
+        return TransientError(f"Firestore unavailable: {type(e).__name__}")
+    if isinstance(e, (gexc.InvalidArgument, gexc.NotFound)):
+        return PermanentError(f"Firestore rejected the request: {type(e).__name__}")
+    if isinstance(e, gexc.GoogleAPICallError):
         # Permission and configuration errors: retrying lets an operator fix them without loss.
-        raise TransientError(f"Firestore error: {type(e).__name__}") from e
+        return TransientError(f"Firestore error: {type(e).__name__}")
+    return None
 
 
 class FirestoreStore:
@@ -255,6 +268,18 @@ class FirestoreStore:
 
     def transact_job(self, facility_group_id: str, job_id: str, decide: Callable[[Job], Transition]) -> Optional[Transition]:
         ref = self._job_ref(facility_group_id, job_id)
+        # Issue 11 item 7: most concurrent callers of one job change nothing (a repeated result, a
+        # result after the final one). Decide those on a plain read, which is strongly consistent
+        # and takes no lock (a read-only transaction at the read's time would answer the same), and
+        # keep transactions, and their contention on this one document, for real changes.
+        with _translated():
+            snap = ref.get()
+        self._read()
+        if not snap.exists:
+            return None
+        first = decide(codec.job_from_doc(snap.to_dict()))
+        if first.job is None and first.archive_state is None:
+            return first
 
         @firestore.transactional
         def run(tx: firestore.Transaction) -> Optional[Transition]:

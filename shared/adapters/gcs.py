@@ -7,14 +7,16 @@ import threading
 import time
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from google.api_core import exceptions as gexc
 
 from .. import logs
 from ..domain.errors import Conflict, PermanentError
 from ..signing import ResultKeys
-from .errors import translated
+from . import retrying
+from .errors import policy_retry_kind, translated
+from .retrying import POLICY_RETRIES, Backoff
 
 OBJECT_READER = "roles/storage.objectViewer"
 
@@ -194,27 +196,47 @@ class VaultSecrets:
 
 class BucketIam(_Storage):
     """Conditional object-reader bindings on a bucket: one binding per member, limited by an IAM
-    condition to an object-name prefix (IAM conditions on resource.name, policy version 3)."""
+    condition to an object-name prefix (IAM conditions on resource.name, policy version 3).
+
+    The bucket's policy is shared by every gateway, so each change is a read-modify-write guarded
+    by the policy's etag: GCS refuses a write based on a stale read (412), and the whole cycle is
+    redone after a jittered backoff; a member IAM does not know yet (a service account created a
+    moment ago) is retried for a bounded time too (issue 11 item 8; shared.adapters.retrying)."""
+
+    def __init__(self, client: Optional[Any] = None, retries: Mapping[str, Backoff] = POLICY_RETRIES):
+        super().__init__(client)
+        self._retries = retries
+
+    def _update(self, bucket: str, change: Callable[[Any], bool], retries: Mapping[str, Backoff]) -> None:
+        what = f"IAM policy of bucket {bucket}"
+
+        def read_modify_write() -> None:
+            b = self.client.bucket(bucket)
+            self.calls += 1
+            policy = b.get_iam_policy(requested_policy_version=3)
+            policy.version = 3
+            if change(policy):
+                self.calls += 1
+                b.set_iam_policy(policy)  # carries the etag read above
+
+        with translated(what):
+            retrying.run(read_modify_write, policy_retry_kind, retries, what)
 
     def grant_prefix_reader(self, bucket: str, member: str, prefix: str) -> None:
         expression = f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{prefix}")'
-        self.calls += 2
-        with translated(f"IAM policy of bucket {bucket}"):
-            b = self.client.bucket(bucket)
-            policy = b.get_iam_policy(requested_policy_version=3)
-            policy.version = 3
-            if not any(member in set(x.get("members", ())) and (x.get("condition") or {}).get("expression") == expression
-                       for x in policy.bindings):
-                policy.bindings.append({"role": OBJECT_READER, "members": {member},
-                                        "condition": {"title": "gateway objects only", "expression": expression}})
-                b.set_iam_policy(policy)
+
+        def add(policy: Any) -> bool:
+            if any(member in set(x.get("members", ())) and (x.get("condition") or {}).get("expression") == expression
+                   for x in policy.bindings):
+                return False
+            policy.bindings.append({"role": OBJECT_READER, "members": {member},
+                                    "condition": {"title": "gateway objects only", "expression": expression}})
+            return True
+
+        self._update(bucket, add, self._retries)
 
     def revoke_member(self, bucket: str, member: str) -> None:
-        self.calls += 2
-        with translated(f"IAM policy of bucket {bucket}"):
-            b = self.client.bucket(bucket)
-            policy = b.get_iam_policy(requested_policy_version=3)
-            policy.version = 3
+        def remove(policy: Any) -> bool:
             changed, kept = False, []
             for x in policy.bindings:
                 members = set(x.get("members", ()))
@@ -227,7 +249,10 @@ class BucketIam(_Storage):
                 kept.append(x)
             if changed:
                 policy.bindings = kept
-                b.set_iam_policy(policy)
+            return changed
+
+        # Removing a member never waits for IAM to know it: only etag races are retried.
+        self._update(bucket, remove, {k: v for k, v in self._retries.items() if k == retrying.STALE_ETAG})
 
 
 class ObjectStore(_Storage):

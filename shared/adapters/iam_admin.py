@@ -51,3 +51,17 @@ class IamAdmin:
         self.calls += 1
         with translated("delete service account key", missing_ok=True):
             self.client.delete_service_account_key(request={"name": key_name})
+
+    def list_keys(self, email: str) -> list[str]:
+        """Resource names of the account's user-managed keys (the ones that can be downloaded and
+        must be tracked; Google-managed keys never leave Google). None if the account is gone."""
+        from google.cloud.iam_admin_v1 import types
+
+        self.calls += 1
+        keys: list[str] = []
+        with translated("list service account keys", missing_ok=True):
+            response = self.client.list_service_account_keys(request={
+                "name": f"projects/{self._project}/serviceAccounts/{email}",
+                "key_types": [types.ListServiceAccountKeysRequest.KeyType.USER_MANAGED]})
+            keys = [k.name for k in response.keys]
+        return keys

@@ -2,18 +2,21 @@
 policy. Names are deterministic, so creates and deletes are idempotent."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from .errors import translated
+from . import retrying
+from .errors import policy_retry_kind, translated
+from .retrying import POLICY_RETRIES, Backoff
 
 
 class PubSubAdmin:
     def __init__(self, project_id: str, publisher: Optional[Any] = None, subscriber: Optional[Any] = None,
-                 policy_client: Optional[Any] = None):
+                 policy_client: Optional[Any] = None, retries: Mapping[str, Backoff] = POLICY_RETRIES):
         """``policy_client`` answers Get/SetIamPolicy for subscriptions (a SubscriberClient; in
         tests one whose channel goes to the IAM stand-in, the emulator has no IAM)."""
         self._project = project_id
         self._publisher, self._subscriber, self._policy = publisher, subscriber, policy_client
+        self._retries = retries
         self.calls = 0
 
     @property
@@ -74,34 +77,49 @@ class PubSubAdmin:
         with translated(f"delete subscription {subscription_id}", missing_ok=True):
             self.subscriber.delete_subscription(subscription=self.subscription_path(subscription_id))
 
-    def grant_subscription_role(self, subscription_id: str, role: str, members: list[str]) -> None:
-        """Add ``members`` to ``role`` on the subscription (read-modify-write with the etag)."""
+    def _update_policy(self, subscription_id: str, change: Callable[[Any], bool], retries: Mapping[str, Backoff],
+                       missing_ok: bool = False) -> None:
+        """Read-modify-write of the subscription's IAM policy, guarded by its etag (IAM answers 409
+        ABORTED to a write based on a stale read; the cycle is then redone after a jittered backoff;
+        issue 11 item 8)."""
         client = self._policy or self.subscriber
         resource = self.subscription_path(subscription_id)
-        self.calls += 2
-        with translated(f"IAM policy of subscription {subscription_id}"):
+        what = f"IAM policy of subscription {subscription_id}"
+
+        def read_modify_write() -> None:
+            self.calls += 1
             policy = client.get_iam_policy(request={"resource": resource})
+            if change(policy):
+                self.calls += 1
+                client.set_iam_policy(request={"resource": resource, "policy": policy})  # carries the etag
+
+        with translated(what, missing_ok=missing_ok):
+            retrying.run(read_modify_write, policy_retry_kind, retries, what)
+
+    def grant_subscription_role(self, subscription_id: str, role: str, members: list[str]) -> None:
+        """Add ``members`` to ``role`` on the subscription. A service account created a moment
+        ago may not be known to IAM yet: that is retried for a bounded time."""
+        def add(policy: Any) -> bool:
             binding = next((b for b in policy.bindings if b.role == role), None)
             if binding is None:
                 binding = policy.bindings.add(role=role)
-            for m in members:
-                if m not in binding.members:
-                    binding.members.append(m)
-            client.set_iam_policy(request={"resource": resource, "policy": policy})
+            missing = [m for m in members if m not in binding.members]
+            binding.members.extend(missing)
+            return bool(missing)
+
+        self._update_policy(subscription_id, add, self._retries)
 
     def revoke_subscription_role(self, subscription_id: str, role: str, members: list[str]) -> None:
-        client = self._policy or self.subscriber
-        resource = self.subscription_path(subscription_id)
-        self.calls += 1
-        with translated(f"IAM policy of subscription {subscription_id}", missing_ok=True):
-            policy = client.get_iam_policy(request={"resource": resource})
+        def remove(policy: Any) -> bool:
             binding = next((b for b in policy.bindings if b.role == role), None)
             if binding is None or not any(m in binding.members for m in members):
-                return
+                return False
             kept = [m for m in binding.members if m not in members]
             del binding.members[:]
             binding.members.extend(kept)
             if not kept:
                 policy.bindings.remove(binding)
-            self.calls += 1
-            client.set_iam_policy(request={"resource": resource, "policy": policy})
+            return True
+
+        stale_only = {k: v for k, v in self._retries.items() if k == retrying.STALE_ETAG}
+        self._update_policy(subscription_id, remove, stale_only, missing_ok=True)

@@ -14,7 +14,17 @@ class ArchSyncError(Exception):
 
 
 class TransientError(ArchSyncError):
-    """Retrying later may succeed (network, contention, a dependency briefly down)."""
+    """Retrying later may succeed (network, contention, a dependency briefly down).
+    ``retry_after_seconds`` is what an HTTP answer puts in its Retry-After header."""
+
+    retry_after_seconds = 5
+
+
+class Contention(TransientError):
+    """Concurrent writers on one document: a transaction could not commit. Retrying in a moment
+    succeeds (another writer just finished)."""
+
+    retry_after_seconds = 1
 
 
 class PermanentError(ArchSyncError):

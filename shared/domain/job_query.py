@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping, Optional
@@ -22,6 +23,7 @@ from typing import Any, Mapping, Optional
 from ..clock import iso, parse_time
 from .errors import MalformedInput
 from .models import JobState, JobType
+from .validation import is_valid_id
 
 # query parameter -> stored field
 EQUALITY_PARAMS = {
@@ -113,7 +115,8 @@ def parse(params: Mapping[str, str]) -> JobQuery:
         raise MalformedInput("combine at most one date filter or the patient name search with the other filters")
 
     raw_size = params.get("page_size", str(DEFAULT_PAGE))
-    if not raw_size.isdigit() or not 1 <= int(raw_size) <= MAX_PAGE:
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses (issue 11 item 13).
+    if not re.fullmatch(r"[0-9]{1,4}", raw_size) or not 1 <= int(raw_size) <= MAX_PAGE:
         raise MalformedInput(f"page_size: an integer from 1 to {MAX_PAGE}")
     field, lo, hi = ranges[0] if ranges else (None, None, None)
     return JobQuery(tuple(sorted(equalities)), field, lo, hi, int(raw_size))
@@ -150,19 +153,28 @@ def encode_cursor(facility_group_id: str, query: JobQuery, last: Mapping[str, An
 
 
 def decode_cursor(cursor: str, facility_group_id: str, query: JobQuery) -> tuple[dict, str]:
-    """(order values, document id) of the last row of the previous page."""
+    """(order values, document id) of the last row of the previous page. A cursor comes back
+    from the client, so every field is checked for presence and type (issue 11 item 13): a
+    missing field, a value of the wrong type or an id that is not a document id (``a/b``) is a
+    400, never a failure in Firestore."""
+    raw: Any = None
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        ok = raw["v"] == 1 and isinstance(raw["o"], dict) and isinstance(raw["id"], str)
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
+    except (ValueError, RecursionError):  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
+        pass
+    if not (isinstance(raw, dict) and set(raw) == {"v", "g", "q", "o", "id"} and type(raw["v"]) is int and raw["v"] == 1
+            and isinstance(raw["g"], str) and isinstance(raw["q"], str) and isinstance(raw["o"], dict)
+            and is_valid_id(raw["id"])):
         raise MalformedInput("cursor: malformed")
     if raw["g"] != facility_group_id or raw["q"] != query.fingerprint:
         raise MalformedInput("cursor: belongs to another query")
+    if set(raw["o"]) != {f for f, _ in query.order}:
+        raise MalformedInput("cursor: malformed")
     values = {}
     for f, _ in query.order:
-        v = raw["o"].get(f)
+        v = raw["o"][f]
+        if v is not None and not isinstance(v, str):
+            raise MalformedInput("cursor: malformed")
         if f in DATE_FIELDS.values() and v is not None:
             v = _date(v, "cursor")
         values[f] = v

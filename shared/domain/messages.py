@@ -13,6 +13,7 @@ from .validation import (HL7_NAMESPACE_MAX, is_valid_date, is_valid_dicom_text, 
                          is_valid_hl7_text, is_valid_hl7_type_code, is_valid_oid, is_valid_person_name, study_prefix)
 
 SCHEMA_VERSION = "1"
+MAX_INTEGER = 2**31 - 1
 STUDY_CHANGED = "study-changed.v1"
 PATIENT_UPDATED = "patient-updated.v1"
 
@@ -108,6 +109,10 @@ def gateway_result(payload: Mapping[str, Any]) -> GatewayResult:
         time = parse_time(payload["time"])
     except ValueError:
         raise MalformedInput("job-result.v1: time lacks a UTC offset") from None
+    # Firestore stores 64-bit integers; a larger count or attempt could not be written (a 500 in
+    # the transaction) and is no real count anyway (issue 11 item 13).
+    if payload["attempt"] > MAX_INTEGER or any(v > MAX_INTEGER for v in (payload.get("counts") or {}).values()):
+        raise MalformedInput("job-result.v1: attempt or counts: too large")
     return GatewayResult(
         job_id=payload["job_id"],
         attempt=payload["attempt"],

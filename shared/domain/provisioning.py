@@ -27,6 +27,10 @@ CREATE_STEPS = (
 class Operation(str, enum.Enum):
     CREATE = "CREATE"
     DELETE = "DELETE"
+    # Replacing the gateway's service-account key (issue 11 item 16): the log records the intent
+    # before a key is made, so whoever finishes it (the function, or the sweeper once the lease
+    # ran out) leaves exactly the stored key active.
+    ROTATE_KEY = "ROTATE_KEY"
 
 
 class LogState(str, enum.Enum):

@@ -170,19 +170,12 @@ class AdminService:
 
     def rotate_service_account_key(self, caller: Caller, fg: str, gateway_id: str) -> dict:
         """New key stored first, then the old one revoked: the gateway keeps working until an
-        administrator installs the new key (downloaded with the key endpoint)."""
+        administrator installs the new key (downloaded with the key endpoint). One unit, whatever
+        fails or dies half-way: Provisioner.rotate_key (issue 11 item 16)."""
         gw = self._gateway(caller, fg, gateway_id)
-        name, key_json = self._iam.create_key(gw.service_account_email)
-        try:
-            self._vault.put(sa_key_object(fg, gw.id), key_json, "application/json")
-        except Exception:
-            self._iam.delete_key(name)  # never leave an unrecorded key behind
-            raise
-        updated = dataclasses.replace(gw, service_account_key_id=name, updated_at=self._clock.now(), updated_by=caller.label)
-        self._store.put_gateway(updated, actor=caller.label, action="gateway.key.rotate", fields=["service_account_key_id"])
-        if gw.service_account_key_id:
-            self._iam.delete_key(gw.service_account_key_id)
-        logs.info("service account key rotated", gateway_id=gw.id, facility_group_id=fg)
+        if gw.provisioning_state != "READY":
+            raise Conflict("the gateway is being deleted")
+        updated = self._prov.rotate_key(gw, caller.label)
         return gateway_view(updated, self._store.facilities(fg))
 
     def rotate_result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str, grace_seconds: Optional[str] = None) -> None:

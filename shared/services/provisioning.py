@@ -8,6 +8,7 @@ of every step, recorded as a DELETE log so a crashed deletion is finished too.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -182,6 +183,65 @@ class Provisioner:
         self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DELETED)
         logs.info("gateway deleted", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
 
+    # -- service-account key rotation (issue 11 item 16) ------------------------------------
+    def rotate_key(self, gateway: Gateway, actor: str) -> Gateway:
+        """Replace the gateway's service-account key as one unit. The durable log records the
+        intent first; then the new key is made and stored in the vault, which is the commit point
+        (the stored key is the gateway's key: the one an administrator downloads); then
+        :meth:`_settle_key` points the record at it and deletes every other user-managed key.
+        Whatever fails or dies on the way, settling (here, or by the sweeper once the log's lease
+        ran out) leaves exactly one active key: the stored one, tracked by the record."""
+        res = GatewayResources(gateway.facility_group_id, gateway.id)
+        now = self._clock.now()
+        self._store.begin_log(ProvisioningLog(res.facility_group_id, res.gateway_id, Operation.ROTATE_KEY,
+                                              LogState.IN_PROGRESS, now,
+                                              now + timedelta(seconds=self._settings.lease_seconds), actor=actor),
+                              replace_state=LogState.DONE)
+        c = self._cloud
+        email = c.iam.email(res.account_id)
+        new_name: Optional[str] = None
+        try:
+            new_name, key_json = c.iam.create_key(email)
+            c.vault.put(sa_key_object(res.facility_group_id, res.gateway_id), key_json, "application/json")
+        except Exception as e:  # settle: whichever key the vault holds now stays, any other goes
+            logs.error("service account key rotation failed; settling", gateway_id=res.gateway_id,
+                       facility_group_id=res.facility_group_id, why=str(e) if isinstance(e, ArchSyncError) else type(e).__name__)
+        try:
+            kept = self._settle_key(res, actor)
+        except Exception as e:  # the log stays IN_PROGRESS: the sweeper settles it when the lease runs out
+            logs.error("key rotation unsettled; the sweeper will finish it", gateway_id=res.gateway_id,
+                       facility_group_id=res.facility_group_id, why=str(e) if isinstance(e, ArchSyncError) else type(e).__name__)
+            raise ProvisioningFailed("The key rotation could not be finished now; it is completed automatically within "
+                                     "minutes. Download the key again then.") from None
+        if new_name is None or kept != new_name:
+            raise ProvisioningFailed("The key rotation failed and was undone: the current key still works. Retry later.")
+        logs.info("service account key rotated", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
+        return dataclasses.replace(gateway, service_account_key_id=kept, updated_at=self._clock.now(), updated_by=actor)
+
+    def _settle_key(self, res: GatewayResources, actor: str) -> Optional[str]:
+        """Make the gateway's keys consistent and finish its ROTATE_KEY log: keep the key stored in
+        the vault (or, if the vault holds none that IAM knows, the record's), point the record at
+        it, delete every other user-managed key of the account, mark the log DONE. Idempotent."""
+        c = self._cloud
+        email = c.iam.email(res.account_id)
+        stored = c.vault.get(sa_key_object(res.facility_group_id, res.gateway_id), fresh=True)
+        keys = c.iam.list_keys(email)
+        record = self._store.get_gateway(res.facility_group_id, res.gateway_id)
+        by_id = {k.rsplit("/", 1)[-1]: k for k in keys}
+        keep = by_id.get(_private_key_id(stored))
+        if keep is None and record is not None and record.service_account_key_id in keys:
+            keep = record.service_account_key_id
+            logs.error("the stored service account key is not active; keeping the recorded one",
+                       gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
+        if record is not None and record.service_account_key_id != (keep or ""):
+            self._store.set_gateway_key(res.facility_group_id, res.gateway_id, keep or "", actor=actor or "sweeper",
+                                        at=self._clock.now())
+        for name in keys:
+            if name != keep:
+                c.iam.delete_key(name)  # an untracked key: never left active
+        self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DONE)
+        return keep
+
     # -- sweeper -------------------------------------------------------------------------
     def finish_stale(self, limit: int = 50) -> list[str]:
         """Finish what dead functions left: roll back unfinished creations, complete deletions."""
@@ -197,6 +257,8 @@ class Provisioner:
                 if claimed.operation is Operation.CREATE:
                     self._undo(res, claimed.steps, actor="sweeper", audited_delete=False)
                     self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLED_BACK)
+                elif claimed.operation is Operation.ROTATE_KEY:
+                    self._settle_key(res, claimed.actor or "sweeper")  # marks the log DONE
                 else:
                     self._undo(res, list(CREATE_STEPS), actor=claimed.actor or "sweeper", audited_delete=True)
                     self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DELETED)
@@ -206,6 +268,17 @@ class Provisioner:
             except ArchSyncError as e:  # try again at the next sweep (the lease runs out again)
                 logs.error("could not finish abandoned gateway operation", gateway_id=log.gateway_id, why=str(e))
         return done
+
+
+def _private_key_id(key_file: Optional[bytes]) -> Optional[str]:
+    """The key id in a service-account key file (its ``private_key_id``: the last segment of the
+    key's resource name), or None."""
+    try:
+        value = json.loads(key_file or b"null")
+    except ValueError:
+        return None
+    key_id = value.get("private_key_id") if isinstance(value, dict) else None
+    return key_id if isinstance(key_id, str) and key_id else None
 
 
 def new_result_key() -> bytes:

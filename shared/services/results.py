@@ -1,13 +1,13 @@
 """``on_job_result``: authenticate a gateway's result callback and apply it (rule 4)."""
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any, Callable, Mapping, Optional
 
 from .. import contracts, logs
-from ..domain.errors import MalformedInput, NotFound, Unauthorized
+from ..domain.errors import NotFound, Unauthorized
 from ..domain.jobs import Transition, apply_result
+from ..domain.json_input import parse_json
 from ..domain.messages import gateway_result
 from ..domain.models import Job, JobState, JobType
 from ..domain.rules import TimeoutPolicy
@@ -40,10 +40,7 @@ class ResultService:
             # The key may have been rotated since it was cached: look once more (rate-limited).
             if not self._signed(group, gateway_id, ts, sig, body, now, fresh=True):
                 raise Unauthorized("invalid signature")
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise MalformedInput("body is not JSON") from None
+        payload = parse_json(body)
         contracts.validate(contracts.JOB_RESULT, payload)
         result = gateway_result(payload)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import time
 
 import pytest
@@ -158,3 +159,41 @@ def test_wrong_method_is_405_json(app):
 def test_real_payloads_match_the_result_schema(job):
     for s in ("IN_PROGRESS", "COMPLETED", "FAILED"):
         contracts.validate(contracts.JOB_RESULT, json.loads(result_body(job, s, reason="r", counts={"sent": 1})))
+
+
+def test_concurrent_results_answer_json_and_end_in_one_consistent_final_state(stack, function_env, job):
+    """Issue 11 item 7: a burst of IN_PROGRESS, COMPLETED and FAILED posts for one job, from many
+    threads at once. Firestore contention used to escape as an HTML 500; now every answer is JSON,
+    200 or 503 with Retry-After (the gateway retries those, as the agent does), and the job ends in
+    exactly one final state that its archive state and lock agree with."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = load_app("on_job_result").application
+    states = ["IN_PROGRESS", "COMPLETED", "FAILED"] * 6
+    answers: list = []
+
+    def post(state: str):
+        client = app.test_client()
+        body = result_body(job, state, reason="association aborted" if state == "FAILED" else None)
+        deadline = time.monotonic() + 120
+        while True:
+            r = post_result(client, body)
+            answers.append((state, r.status_code, r.is_json, r.headers.get("Retry-After")))
+            if r.status_code != 503 or time.monotonic() > deadline:
+                return state, r.status_code, r.json
+            time.sleep(int(r.headers["Retry-After"]) * random.uniform(0.5, 1.5))  # jittered, as a gateway should
+
+    with ThreadPoolExecutor(max_workers=len(states)) as pool:
+        final_answers = list(pool.map(post, states))
+    assert all(is_json for _, _, is_json, _ in answers), answers
+    assert {code for _, code, _, _ in answers} <= {200, 503}, answers
+    assert all(retry_after and retry_after.isdigit() for _, code, _, retry_after in answers if code == 503), answers
+    assert all(code == 200 for _, code, _ in final_answers), final_answers
+    applied_finals = [(s, body["job_state"]) for s, _, body in final_answers
+                      if body["outcome"] == "applied" and s != "IN_PROGRESS"]
+    assert len(applied_finals) == 1, final_answers  # the first final result wins, once
+    winner = applied_finals[0][0]
+    j, archive, locked = state(stack, job)
+    assert (j.state.value, archive, locked) == (*FINAL[winner], False)
+    assert {body["outcome"] for _, _, body in final_answers} <= {"applied", "duplicate", "ignored"}
+    assert sum(1 for _, code, _, _ in answers if code == 503) == len(answers) - len(states)  # each retried until 200

@@ -3,6 +3,8 @@ also when a step fails or the function dies at any step — and deletion removes
 from __future__ import annotations
 
 import json
+import time
+
 import pytest
 
 from shared.adapters.gcs import result_key_object, sa_key_object
@@ -11,6 +13,7 @@ from shared.domain.models import Facility, FacilityGroup
 from shared.domain.provisioning import CREATE_STEPS, GatewayResources, LogState
 from shared.domain.validation import validate_gateway
 from shared.services.provisioning import Provisioner, ProvisioningFailed, ProvisioningSettings
+from tests.support import load_app
 
 AGENT = "service-123@gcp-sa-pubsub.iam.gserviceaccount.com"
 
@@ -213,4 +216,203 @@ def test_crashed_delete_is_completed_by_the_sweeper(env, monkeypatch):
 def test_provisioning_calls_are_counted(env):
     before = env.cloud_.call_count()
     env.prov.create(new_gateway(), "Pat Admin")
-    assert env.cloud_.call_count() - before == 10  # topic, sub, SA, 2 sub-IAM, 2 bucket-IAM, key, 2 vault puts
+    iam, bucket_iam = env.emulators["iam"].calls, env.emulators["bucket_iam"].calls
+    policy_calls = iam["GetIamPolicy"] + iam["SetIamPolicy"] + bucket_iam["getIamPolicy"] + bucket_iam["setIamPolicy"]
+    # topic, sub, SA, key, 2 vault puts, and each policy read and write, retries included: at least
+    # 2 for the subscription and 2 for the bucket, more while IAM does not know the new account yet.
+    assert env.cloud_.call_count() - before == 6 + policy_calls and policy_calls >= 4
+
+
+# -- shared IAM policies and IAM's eventual consistency (issue 11 item 8) ------------------------
+
+def test_binding_a_new_service_account_waits_until_iam_knows_it(env):
+    """The stand-ins, like production, refuse for a while to bind an account created a moment
+    ago ("... does not exist"): the binding steps retry instead of rolling everything back."""
+    iam = env.emulators["iam"]
+    assert iam.propagation_seconds > 0
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    member = f"serviceAccount:{gw.service_account_email}"
+    assert iam.calls["SetIamPolicy"] >= 2  # refused at least once, then accepted
+    [resource] = leftovers(env)["subscription_bindings"]
+    assert member in iam.policies[resource].bindings[0].members
+    assert leftovers(env)["bucket_bindings"] == [env.objects_bucket]
+
+
+def test_an_account_iam_never_learns_fails_within_the_bound_and_rolls_back(env, monkeypatch):
+    from shared.adapters.pubsub_admin import PubSubAdmin
+    from shared.adapters.retrying import NOT_YET_VISIBLE, STALE_ETAG, Backoff
+
+    iam = env.emulators["iam"]
+    monkeypatch.setattr(iam, "propagation_seconds", 3600)
+    short = {NOT_YET_VISIBLE: Backoff(0.05, 0.2, deadline=1.0), STALE_ETAG: Backoff(0.01, 0.05, deadline=1.0)}
+    env.cloud_.pubsub = PubSubAdmin(env.project, policy_client=iam.subscriber_policy_client(), retries=short)
+    started = time.monotonic()
+    with pytest.raises(ProvisioningFailed, match="subscription_binding"):
+        env.prov.create(new_gateway(), "Pat Admin")
+    assert time.monotonic() - started < 15
+    assert iam.calls["SetIamPolicy"] >= 3  # retried, then gave up
+    assert leftovers(env) == NOTHING
+
+
+def test_stale_etag_on_a_shared_policy_redoes_the_read_modify_write(env, monkeypatch):
+    import grpc
+
+    monkeypatch.setattr(env.emulators["iam"], "propagation_seconds", 0)
+    bucket_iam, iam = env.emulators["bucket_iam"], env.emulators["iam"]
+    bucket_iam.fail_next("PUT", status=412, times=2)  # another writer changed it after our read, twice
+    iam.fail_next("SetIamPolicy", grpc.StatusCode.ABORTED)  # IAM's answer to the same race
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    assert bucket_iam.calls["getIamPolicy"] == bucket_iam.calls["setIamPolicy"] == 3
+    assert iam.calls["GetIamPolicy"] == iam.calls["SetIamPolicy"] == 2
+    member = f"serviceAccount:{gw.service_account_email}"
+    [b] = bucket_iam.policies[env.objects_bucket]["bindings"]
+    assert member in b["members"]
+
+
+def test_concurrent_grants_on_one_bucket_all_land(env):
+    """Eight writers of the one objects-bucket policy at once: each that loses the etag race reads
+    again and retries, so every binding is there at the end and none was overwritten."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.adapters.gcs import BucketIam
+
+    barrier = threading.Barrier(8)
+
+    def grant(i: int) -> None:
+        adapter = BucketIam(env.emulators["bucket_iam"].client(env.project))
+        barrier.wait(timeout=60)
+        adapter.grant_prefix_reader(env.objects_bucket, f"user:u{i}@example.com", f"gateways/gw-{i}/")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(grant, range(8)))
+    bindings = env.emulators["bucket_iam"].policies[env.objects_bucket]["bindings"]
+    assert sorted(m for b in bindings for m in b["members"]) == sorted(f"user:u{i}@example.com" for i in range(8))
+
+
+def test_eight_parallel_gateway_creations_across_two_groups_all_succeed(stack, admin_env):
+    """Issue 11 item 8: they used to collide on the objects bucket's IAM policy (412), roll back
+    and answer 503, and a new service account could not be bound at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for fg in ("fg-1", "fg-2"):
+        stack.store.save_facility_group(FacilityGroup(fg, fg))
+    stack.topic("archsync-gateway-dead-letter")
+    app = load_app("admin_api").application
+
+    def create(i: int):
+        fg = ("fg-1", "fg-2")[i % 2]
+        r = app.test_client().post(f"/v1/facility-groups/{fg}/gateways", json={"name": f"Gateway {i}"},
+                                   headers=admin_env.headers([fg]))
+        return fg, r.status_code, r.json
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(create, range(8)))
+    assert [code for _, code, _ in results] == [201] * 8, results
+    iam, bucket_iam = stack.emulators["iam"], stack.emulators["bucket_iam"]
+    emails = {body["service_account_email"] for _, _, body in results}
+    assert len(emails) == 8 and set(iam.service_accounts) == emails
+    assert sum(len(k) for k in iam.keys.values()) == 8
+    bound = {m.split(":", 1)[1] for b in bucket_iam.policies[stack.objects_bucket]["bindings"] for m in b["members"]}
+    assert bound == emails
+    for fg, _, body in results:
+        resource = f"projects/{stack.project}/subscriptions/{body['pubsub_subscription_id']}"
+        assert f"serviceAccount:{body['service_account_email']}" in iam.policies[resource].bindings[0].members
+        assert stack.store.get_gateway(fg, body["id"]).provisioning_state == "READY"
+        assert stack.store.get_log(fg, body["id"]).state is LogState.DONE
+
+
+# -- service-account key rotation as one unit (issue 11 item 16) ---------------------------------
+
+ROTATION_STEPS = ("begin_log", "create_key", "vault_put", "record", "delete_old_key", "log_done")
+
+
+def key_state(s, gw_id="gw-0123456789"):
+    """(active user-managed keys, the key the record tracks, the key id in the vault)."""
+    res = GatewayResources("fg-1", gw_id)
+    keys = sorted(k for e, ks in s.emulators["iam"].keys.items() if res.account_id in e for k in ks)
+    stored = json.loads(s.vault.get(sa_key_object("fg-1", gw_id), fresh=True))
+    return keys, s.store.get_gateway("fg-1", gw_id).service_account_key_id, stored["private_key_id"]
+
+
+def assert_one_tracked_key(s) -> str:
+    keys, recorded, stored_id = key_state(s)
+    assert keys == [recorded] and recorded.endswith("/keys/" + stored_id), (keys, recorded, stored_id)
+    assert s.store.get_log("fg-1", "gw-0123456789").state is LogState.DONE
+    return recorded
+
+
+def _inject(env, monkeypatch, step: str, failure: BaseException) -> None:
+    """Make ``step`` of a rotation take effect and then raise ``failure`` (the worst case: the
+    caller cannot tell whether it happened), once."""
+    targets = {"begin_log": [(env.store, "begin_log")], "create_key": [(env.cloud_.iam, "create_key")],
+               "vault_put": [(env.cloud_.vault, "put")],
+               "record": [(env.store, "set_gateway_key"), (env.store, "put_gateway")],  # any write of the record
+               "delete_old_key": [(env.cloud_.iam, "delete_key")], "log_done": [(env.store, "set_log_state")]}
+    fired = []
+    for obj, name in targets[step]:
+        real = getattr(obj, name, None)
+        if real is None:
+            continue
+
+        def failing(*a, _real=real, **k):
+            out = _real(*a, **k)
+            if not fired and (step != "log_done" or a[2] is LogState.DONE):
+                fired.append(1)
+                raise failure
+            return out
+
+        monkeypatch.setattr(obj, name, failing)
+
+
+def rotate(env, gw_id="gw-0123456789") -> dict:
+    """The admin use case, as POST …/service-account-key/rotate runs it."""
+    from shared.auth import Caller
+    from shared.services.admin import AdminService
+
+    service = AdminService(env.store, env.prov, env.vault, env.cloud_.iam, env.clock)
+    return service.rotate_service_account_key(Caller("u-2", "Sam Admin", frozenset({"fg-1"})), "fg-1", gw_id)
+
+
+@pytest.mark.parametrize("how", ["error", "crash"])
+@pytest.mark.parametrize("step", ROTATION_STEPS)
+def test_rotation_failing_at_any_step_leaves_no_untracked_active_key(env, monkeypatch, step, how):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    old = assert_one_tracked_key(env)
+    _inject(env, monkeypatch, step, TransientError(f"injected after {step}") if how == "error" else SimulatedCrash(step))
+    answered = False
+    try:
+        rotate(env)
+        answered = True
+    except SimulatedCrash:
+        assert how == "crash"
+    except TransientError:
+        assert how == "error"
+    monkeypatch.undo()  # the cloud and the store work again
+    if env.store.get_log("fg-1", gw.id).state is not LogState.DONE:
+        assert env.prov.finish_stale() == []  # not before the lease ran out: the function may be alive
+        env.clock.advance(seconds=301)
+        assert env.prov.finish_stale() == [gw.id]
+    kept = assert_one_tracked_key(env)
+    if answered:  # the caller was told it worked: the new key is the one left
+        assert kept != old
+    # And the gateway can rotate again afterwards.
+    rotate(env)
+    assert assert_one_tracked_key(env) != kept
+
+
+def test_rotation_in_progress_refuses_a_second_rotation_and_a_delete(env, monkeypatch):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    _inject(env, monkeypatch, "create_key", SimulatedCrash("create_key"))
+    with pytest.raises(SimulatedCrash):
+        rotate(env)
+    monkeypatch.undo()
+    with pytest.raises(Conflict):
+        rotate(env)
+    with pytest.raises(Conflict):
+        env.prov.delete(gw, "Sam Admin", lambda: None)
+    env.clock.advance(seconds=301)
+    assert env.prov.finish_stale() == [gw.id]
+    assert_one_tracked_key(env)
+    env.prov.delete(env.store.get_gateway("fg-1", gw.id), "Sam Admin", lambda: None)
+    assert leftovers(env) == NOTHING

@@ -63,3 +63,32 @@ def test_display_date_matches_the_seed():
     assert job_query.display_date(datetime(2025, 10, 21, 18, 38, tzinfo=timezone.utc)) == "21-OCT-2025 6:38 PM"
     assert job_query.display_date(datetime(2025, 1, 2, 0, 5, tzinfo=timezone.utc)) == "02-JAN-2025 12:05 AM"
     assert job_query.display_date(None) is None
+
+
+@pytest.mark.parametrize("size", ["²", "٣", "1" * 5000, "+5", " 5", "5.0", "-1"])
+def test_page_size_is_ascii_digits_only(size):
+    """Issue 11 item 13: "²".isdigit() is True but int("²") raises (a 500 before)."""
+    with pytest.raises(MalformedInput, match="page_size"):
+        job_query.parse({"page_size": size})
+
+
+def _raw_cursor(doc) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("change", [
+    {"id": "a/b"}, {"id": "__reserved__"}, {"id": ".."}, {"id": None}, {"v": True}, {"o": {"queued_at": 1}},
+    {"o": {"queued_at": [DATE]}}, {"o": {}}, {"o": {"queued_at": DATE, "x": DATE}}, {"g": 1}, {"extra": 0},
+    {"o": {"queued_at": "0001-01-01T00:00:00+01:00"}},
+])
+def test_cursor_fields_are_checked_for_presence_and_type(change):
+    q = job_query.parse({})
+    doc = {"v": 1, "g": "fg-1", "q": q.fingerprint, "o": {"queued_at": DATE}, "id": "archive-1", **change}
+    with pytest.raises(MalformedInput, match="cursor"):
+        job_query.decode_cursor(_raw_cursor(doc), "fg-1", q)
+    for missing in ("v", "g", "q", "o", "id"):
+        with pytest.raises(MalformedInput, match="cursor"):
+            job_query.decode_cursor(_raw_cursor({k: v for k, v in doc.items() if k != missing}), "fg-1", q)
