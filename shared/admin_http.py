@@ -110,9 +110,10 @@ def dispatch(service_factory: Callable[[], AdminService], verifier: JwtVerifier,
         match = pattern.match(path)
         if match is None:
             continue
-        # Every route starts with the facility group: another group's paths answer 404 before
-        # anything else is checked (rule 8), the services check again.
-        caller.require_group(match.group(1))
+        # A route under a facility group: another group's paths answer 404 before anything else
+        # is checked (rule 8), the services check again. The group list has no group in its path.
+        if match.groups():
+            caller.require_group(match.group(1))
         handler: Optional[Handler] = methods.get(method)
         if handler is None:
             allowed = ", ".join(sorted(methods))
