@@ -291,6 +291,7 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         env = {"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "STORAGE_EMULATOR_HOST": emulator_url(gcs),
                "ARCHSYNC_PROJECT_ID": PROJECT, "ARCHSYNC_DEAD_LETTER_TOPIC": DEAD_LETTER_TOPIC,
                "ARCHSYNC_KEY_BUCKET": KEY_BUCKET, "ARCHSYNC_OBJECTS_BUCKET": OBJECTS_BUCKET,
+               "ARCHSYNC_STUDY_BUCKET": STUDIES_BUCKET,
                "ARCHSYNC_IAM_EMULATOR_HOST": iam.address, "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST": bucket_iam.url,
                "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS": idp.public_pem, "ARCHSYNC_ADMIN_JWT_AUDIENCE": idp.AUDIENCE,
                "ARCHSYNC_ADMIN_JWT_ISSUER": idp.ISSUER, **TIMING}

@@ -130,6 +130,7 @@ locals {
     ARCHSYNC_SWEEP_BATCH_SIZE           = tostring(var.sweep_batch_size)
     ARCHSYNC_KEY_BUCKET                 = google_storage_bucket.keys.name
     ARCHSYNC_OBJECTS_BUCKET             = google_storage_bucket.generated.name
+    ARCHSYNC_STUDY_BUCKET               = var.study_bucket
     ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC  = google_pubsub_topic.dead_letter["gateway"].name
     ARCHSYNC_PUBSUB_SERVICE_AGENT       = local.pubsub_service_agent_email
     ARCHSYNC_PROVISIONING_LEASE_SECONDS = tostring(var.provisioning_lease_seconds)

@@ -153,7 +153,7 @@ def provisioning(n: int) -> None:
         store = FirestoreAdminStore(firestore.Client(project=project))
         cloud = Cloud(PubSubAdmin(project, policy_client=iam.subscriber_policy_client()), IamAdmin(project, iam.iam_client()),
                       BucketIam(biam.client(project)), KeyVault("bench-keys", gcs_client))
-        prov = Provisioner(store, cloud, SystemClock(), ProvisioningSettings(objects_bucket="bench-objects"))
+        prov = Provisioner(store, cloud, SystemClock(), ProvisioningSettings(objects_bucket="bench-objects", study_bucket="bench-studies"))
 
         def measure(action):
             calls, iam_calls, fs_ops = cloud.call_count(), sum(iam.calls.values()) + sum(biam.calls.values()), \

@@ -20,6 +20,7 @@ class Settings:
     # Admin API and provisioning (issue 3)
     key_bucket: str = ""  # private bucket: service-account keys and Result Endpoint keys
     objects_bucket: str = ""  # generated objects gateways read (their own prefix only)
+    study_bucket: str = ""  # the platform's study files; gateways read their group's prefix only
     gateway_dead_letter_topic: str = "archsync-gateway-dead-letter"
     pubsub_service_agent: str = ""  # service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com
     provisioning_lease_seconds: int = 300
@@ -58,6 +59,7 @@ class Settings:
             sweep_batch_size=num("ARCHSYNC_SWEEP_BATCH_SIZE", cls.sweep_batch_size),
             key_bucket=env.get("ARCHSYNC_KEY_BUCKET", ""),
             objects_bucket=env.get("ARCHSYNC_OBJECTS_BUCKET", ""),
+            study_bucket=env.get("ARCHSYNC_STUDY_BUCKET", ""),
             gateway_dead_letter_topic=env.get("ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC", cls.gateway_dead_letter_topic),
             pubsub_service_agent=env.get("ARCHSYNC_PUBSUB_SERVICE_AGENT", ""),
             provisioning_lease_seconds=num("ARCHSYNC_PROVISIONING_LEASE_SECONDS", cls.provisioning_lease_seconds),
@@ -88,6 +90,7 @@ ENV_VARS = (
     "ARCHSYNC_SWEEP_BATCH_SIZE",
     "ARCHSYNC_KEY_BUCKET",
     "ARCHSYNC_OBJECTS_BUCKET",
+    "ARCHSYNC_STUDY_BUCKET",
     "ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC",
     "ARCHSYNC_PUBSUB_SERVICE_AGENT",
     "ARCHSYNC_PROVISIONING_LEASE_SECONDS",

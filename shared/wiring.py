@@ -104,9 +104,12 @@ def provisioner(settings: Settings):
 
     if not settings.objects_bucket:
         raise RuntimeError("ARCHSYNC_OBJECTS_BUCKET is not set")
+    if not settings.study_bucket:
+        raise RuntimeError("ARCHSYNC_STUDY_BUCKET is not set")
     cloud = Cloud(pubsub_admin(settings), iam_admin(settings), bucket_iam(settings), key_vault(settings))
     return Provisioner(firestore_store(settings), cloud, SystemClock(), ProvisioningSettings(
-        objects_bucket=settings.objects_bucket, gateway_dead_letter_topic=settings.gateway_dead_letter_topic,
+        objects_bucket=settings.objects_bucket, study_bucket=settings.study_bucket,
+        gateway_dead_letter_topic=settings.gateway_dead_letter_topic,
         pubsub_service_agent=settings.pubsub_service_agent, lease_seconds=settings.provisioning_lease_seconds))
 
 

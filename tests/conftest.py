@@ -73,7 +73,8 @@ class Stack:
         self.store = FirestoreAdminStore(self.db)
         self.gcs = storage.Client(project=project)
         self.key_bucket, self.objects_bucket = f"keys-{project}", f"objects-{project}"
-        for b in (self.key_bucket, self.objects_bucket):
+        self.study_bucket = f"studies-{project}"  # the platform's study files: <facility_group_id>/<study>/...
+        for b in (self.key_bucket, self.objects_bucket, self.study_bucket):
             self.gcs.create_bucket(b)
         self.vault = KeyVault(self.key_bucket, self.gcs)
         self.secrets = VaultSecrets(self.vault)
@@ -139,6 +140,7 @@ def function_env(project_id, emulators, monkeypatch) -> str:
     monkeypatch.setenv("ARCHSYNC_PROJECT_ID", project_id)
     monkeypatch.setenv("ARCHSYNC_KEY_BUCKET", f"keys-{project_id}")
     monkeypatch.setenv("ARCHSYNC_OBJECTS_BUCKET", f"objects-{project_id}")
+    monkeypatch.setenv("ARCHSYNC_STUDY_BUCKET", f"studies-{project_id}")
     monkeypatch.setenv("ARCHSYNC_IAM_EMULATOR_HOST", emulators["iam"].address)
     monkeypatch.setenv("ARCHSYNC_STORAGE_IAM_EMULATOR_HOST", emulators["bucket_iam"].url)
     return project_id

@@ -194,6 +194,21 @@ class VaultSecrets:
         self.vault.put(name, encode_result_keys(record), if_generation_match=generation)
 
 
+def prefix_reader_condition(bucket: str, prefix: str, listing: bool = False) -> str:
+    """The IAM condition (CEL) of a prefix-limited object reader. Reading an object is checked on
+    the object (resource.name projects/_/buckets/B/objects/NAME); listing (storage.objects.list)
+    is checked on the bucket (resource.name projects/_/buckets/B), and Cloud Storage exposes the
+    list request's prefix as the API attribute storage.googleapis.com/objectListPrefix (IAM
+    Conditions attribute reference): a list without that prefix (or without any) is refused."""
+    if any(c in bucket + prefix for c in '"\\') or not prefix.endswith("/"):
+        raise PermanentError("not a bucket prefix an IAM condition can name")
+    objects = f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{prefix}")'
+    if not listing:
+        return objects
+    return (f'{objects} || (resource.name == "projects/_/buckets/{bucket}" && '
+            f'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("{prefix}"))')
+
+
 class BucketIam(_Storage):
     """Conditional object-reader bindings on a bucket: one binding per member, limited by an IAM
     condition to an object-name prefix (IAM conditions on resource.name, policy version 3).
@@ -222,15 +237,18 @@ class BucketIam(_Storage):
         with translated(what):
             retrying.run(read_modify_write, policy_retry_kind, retries, what)
 
-    def grant_prefix_reader(self, bucket: str, member: str, prefix: str) -> None:
-        expression = f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{prefix}")'
+    def grant_prefix_reader(self, bucket: str, member: str, prefix: str, listing: bool = False) -> None:
+        """One conditional objectViewer binding for ``member``: objects under ``prefix`` and,
+        with ``listing``, listing them too."""
+        expression = prefix_reader_condition(bucket, prefix, listing)
+        title = "gateway's prefix only, listing included" if listing else "gateway objects only"
 
         def add(policy: Any) -> bool:
             if any(member in set(x.get("members", ())) and (x.get("condition") or {}).get("expression") == expression
                    for x in policy.bindings):
                 return False
             policy.bindings.append({"role": OBJECT_READER, "members": {member},
-                                    "condition": {"title": "gateway objects only", "expression": expression}})
+                                    "condition": {"title": title, "expression": expression}})
             return True
 
         self._update(bucket, add, self._retries)

@@ -18,6 +18,7 @@ CREATE_STEPS = (
     "service_account",
     "subscription_binding",
     "bucket_binding",
+    "study_binding",
     "service_account_key",
     "result_key",
     "record",
@@ -67,6 +68,14 @@ class GatewayResources:
     def objects_prefix(self) -> str:
         """Prefix of the generated objects (rejection notes, HL7) this gateway's jobs reference."""
         return f"gateways/{self.gateway_id}/"
+
+    @property
+    def study_prefix(self) -> str:
+        """Prefix of the facility group's studies in the platform's study bucket: every
+        study_storage_uri of the group is gs://<study bucket>/<facility_group_id>/... (the layout
+        the platform must use, docs/deployment.md). The trailing '/' keeps "fg-1" from matching
+        "fg-10/"."""
+        return f"{self.facility_group_id}/"
 
 
 @dataclass

@@ -28,6 +28,9 @@ SUBSCRIBER_ROLE = "roles/pubsub.subscriber"
 @dataclass(frozen=True)
 class ProvisioningSettings:
     objects_bucket: str
+    # The platform's study bucket (issue 12 item 3): each gateway may read and list its own
+    # facility group's prefix only, to fetch the studies its ARCHIVE/DICOM jobs name.
+    study_bucket: str
     gateway_dead_letter_topic: str = "archsync-gateway-dead-letter"
     # Pub/Sub's service agent must be able to pull from a subscription to dead-letter its messages.
     pubsub_service_agent: str = ""
@@ -107,6 +110,10 @@ class Provisioner:
             c.pubsub.grant_subscription_role(res.subscription_id, SUBSCRIBER_ROLE, self._members(email))
         elif step == "bucket_binding":
             c.bucket_iam.grant_prefix_reader(s.objects_bucket, member, res.objects_prefix)
+        elif step == "study_binding":
+            # Its own group's studies only, listing included: the agent lists a study's folder
+            # before it fetches the files (gateway_agent/fetch.py).
+            c.bucket_iam.grant_prefix_reader(s.study_bucket, member, res.study_prefix, listing=True)
         elif step == "service_account_key":
             key_name, key_json = c.iam.create_key(email)
             c.vault.put(sa_key_object(res.facility_group_id, res.gateway_id), key_json, "application/json")
@@ -142,6 +149,8 @@ class Provisioner:
                 c.vault.delete(result_key_object(res.facility_group_id, res.gateway_id))
             elif step == "service_account_key":
                 c.vault.delete(sa_key_object(res.facility_group_id, res.gateway_id))  # deleting the account revokes the key
+            elif step == "study_binding":
+                c.bucket_iam.revoke_member(s.study_bucket, f"serviceAccount:{email}")
             elif step == "bucket_binding":
                 c.bucket_iam.revoke_member(s.objects_bucket, f"serviceAccount:{email}")
             elif step == "subscription_binding":

@@ -67,8 +67,7 @@ class E2E:
     def __init__(self, stack, tmp: Path, auth, *, host: str, port: int, called_ae_title: str):
         self.stack, self.tmp, self.auth = stack, tmp, auth
         self.now = datetime.now(timezone.utc)
-        self.studies_bucket = f"studies-{stack.project}"
-        stack.gcs.create_bucket(self.studies_bucket)
+        self.studies_bucket = stack.study_bucket  # the bucket ARCHSYNC_STUDY_BUCKET names (tests/conftest.py)
         self.gw = gateway(self.GW)
         stack.add_gateway(self.gw)
         stack.secrets.save_result_key(self.FG, self.GW, RESULT_KEY)

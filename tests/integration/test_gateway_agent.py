@@ -60,7 +60,7 @@ def world(stack, tmp_path):
     sleeps: list[float] = []
     runner = JobRunner(ObjectFetcher(FAKE_SA, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
-    bucket = f"studies-{stack.project}"
+    bucket = stack.study_bucket
 
     w = SimpleNamespace(stack=stack, archive=archive, runner=runner, sleeps=sleeps, uri=f"gs://{bucket}/fg-1/{STUDY}/")
 

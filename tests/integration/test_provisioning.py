@@ -29,7 +29,8 @@ def env(stack):
     stack.topic("archsync-gateway-dead-letter")
     stack.cloud_ = stack.cloud()
     stack.prov = Provisioner(stack.store, stack.cloud_, stack.clock, ProvisioningSettings(
-        objects_bucket=stack.objects_bucket, pubsub_service_agent=AGENT, lease_seconds=300))
+        objects_bucket=stack.objects_bucket, study_bucket=stack.study_bucket, pubsub_service_agent=AGENT,
+        lease_seconds=300))
     return stack
 
 
@@ -86,8 +87,8 @@ def test_create_provisions_every_resource(env):
     assert binding.role == "roles/pubsub.subscriber"
     assert set(binding.members) == {f"serviceAccount:{gw.service_account_email}", f"serviceAccount:{AGENT}"}
     # Object reads limited to the gateway's own prefix of the objects bucket.
-    [bucket] = left["bucket_bindings"]
-    [b] = env.emulators["bucket_iam"].policies[bucket]["bindings"]
+    assert sorted(left["bucket_bindings"]) == sorted([env.objects_bucket, env.study_bucket])
+    [b] = env.emulators["bucket_iam"].policies[env.objects_bucket]["bindings"]
     assert b["role"] == "roles/storage.objectViewer"
     assert b["condition"]["expression"] == (f'resource.name.startsWith("projects/_/buckets/{env.objects_bucket}'
                                             '/objects/gateways/gw-0123456789/")')
@@ -219,8 +220,8 @@ def test_provisioning_calls_are_counted(env):
     iam, bucket_iam = env.emulators["iam"].calls, env.emulators["bucket_iam"].calls
     policy_calls = iam["GetIamPolicy"] + iam["SetIamPolicy"] + bucket_iam["getIamPolicy"] + bucket_iam["setIamPolicy"]
     # topic, sub, SA, key, 2 vault puts, and each policy read and write, retries included: at least
-    # 2 for the subscription and 2 for the bucket, more while IAM does not know the new account yet.
-    assert env.cloud_.call_count() - before == 6 + policy_calls and policy_calls >= 4
+    # 2 for the subscription and 2 for each bucket, more while IAM does not know the new account yet.
+    assert env.cloud_.call_count() - before == 6 + policy_calls and policy_calls >= 6
 
 
 # -- shared IAM policies and IAM's eventual consistency (issue 11 item 8) ------------------------
@@ -235,7 +236,7 @@ def test_binding_a_new_service_account_waits_until_iam_knows_it(env):
     assert iam.calls["SetIamPolicy"] >= 2  # refused at least once, then accepted
     [resource] = leftovers(env)["subscription_bindings"]
     assert member in iam.policies[resource].bindings[0].members
-    assert leftovers(env)["bucket_bindings"] == [env.objects_bucket]
+    assert sorted(leftovers(env)["bucket_bindings"]) == sorted([env.objects_bucket, env.study_bucket])
 
 
 def test_an_account_iam_never_learns_fails_within_the_bound_and_rolls_back(env, monkeypatch):
@@ -262,7 +263,8 @@ def test_stale_etag_on_a_shared_policy_redoes_the_read_modify_write(env, monkeyp
     bucket_iam.fail_next("PUT", status=412, times=2)  # another writer changed it after our read, twice
     iam.fail_next("SetIamPolicy", grpc.StatusCode.ABORTED)  # IAM's answer to the same race
     gw = env.prov.create(new_gateway(), "Pat Admin")
-    assert bucket_iam.calls["getIamPolicy"] == bucket_iam.calls["setIamPolicy"] == 3
+    # 3 cycles on the objects bucket (two stale), then 1 on the study bucket.
+    assert bucket_iam.calls["getIamPolicy"] == bucket_iam.calls["setIamPolicy"] == 4
     assert iam.calls["GetIamPolicy"] == iam.calls["SetIamPolicy"] == 2
     member = f"serviceAccount:{gw.service_account_email}"
     [b] = bucket_iam.policies[env.objects_bucket]["bindings"]
@@ -320,6 +322,74 @@ def test_eight_parallel_gateway_creations_across_two_groups_all_succeed(stack, a
         assert f"serviceAccount:{body['service_account_email']}" in iam.policies[resource].bindings[0].members
         assert stack.store.get_gateway(fg, body["id"]).provisioning_state == "READY"
         assert stack.store.get_log(fg, body["id"]).state is LogState.DONE
+    # Each may read its own group's studies only (issue 12 item 3).
+    studies = {m.split(":", 1)[1]: b["condition"]["expression"]
+               for b in bucket_iam.policies[stack.study_bucket]["bindings"] for m in b["members"]}
+    assert studies == {body["service_account_email"]: study_condition(stack.study_bucket, fg) for fg, _, body in results}
+
+
+# -- the study-bucket grant (issue 12 item 3) ------------------------------------------------------
+
+def study_condition(bucket: str, fg: str) -> str:
+    """Objects under <fg>/ (checked on the object) or a listing of the bucket whose prefix starts
+    with <fg>/ (listing is checked on the bucket, with the request's prefix as an API attribute)."""
+    return (f'resource.name.startsWith("projects/_/buckets/{bucket}/objects/{fg}/") || '
+            f'(resource.name == "projects/_/buckets/{bucket}" && '
+            f'api.getAttribute("storage.googleapis.com/objectListPrefix", "").startsWith("{fg}/"))')
+
+
+def study_bindings(s) -> list[dict]:
+    return s.emulators["bucket_iam"].policies.get(s.study_bucket, {}).get("bindings", [])
+
+
+def other_group_gateway(s, gid: str = "gw-abcdefabcd"):
+    s.store.save_facility_group(FacilityGroup("fg-2", "Group 2"))
+    s.store.save_facility(Facility("fac-b", "fg-2", "Facility B"))
+    gw = validate_gateway({"name": "Other gateway", "facility_ids": ["fac-b"]}, gateway_id=gid, facility_group_id="fg-2",
+                          group_facility_ids=frozenset({"fac-b"}), topic_id="", subscription_id="")
+    return s.prov.create(gw, "Pat Admin")
+
+
+def test_a_gateway_may_read_and_list_its_own_groups_studies_only(env):
+    gw = env.prov.create(new_gateway(), "Pat Admin")
+    [b] = study_bindings(env)
+    assert b["role"] == "roles/storage.objectViewer"
+    assert set(b["members"]) == {f"serviceAccount:{gw.service_account_email}"}
+    assert b["condition"]["expression"] == study_condition(env.study_bucket, "fg-1")
+    assert env.store.get_log("fg-1", gw.id).steps.count("study_binding") == 1
+
+
+def test_deleting_a_gateway_revokes_its_study_grant_only(env):
+    mine, other = env.prov.create(new_gateway(), "Pat Admin"), other_group_gateway(env)
+    assert len(study_bindings(env)) == 2
+    env.prov.delete(mine, "Pat Admin", lambda: None)
+    [b] = study_bindings(env)
+    assert set(b["members"]) == {f"serviceAccount:{other.service_account_email}"}
+    assert b["condition"]["expression"] == study_condition(env.study_bucket, "fg-2")
+
+
+@pytest.mark.parametrize("how", ["failure", "crash"])
+def test_a_rolled_back_creation_revokes_its_study_grant_only(env, monkeypatch, how):
+    other = other_group_gateway(env)
+    real = Provisioner._do
+
+    def breaking(self, s, *a, **k):
+        real(self, s, *a, **k)  # the grant took effect, then the next step broke
+        if s == "service_account_key":
+            raise TransientError("injected") if how == "failure" else SimulatedCrash(s)
+
+    monkeypatch.setattr(Provisioner, "_do", breaking)
+    with pytest.raises((ProvisioningFailed, SimulatedCrash)):
+        env.prov.create(new_gateway(), "Pat Admin")
+    monkeypatch.setattr(Provisioner, "_do", real)
+    assert len(study_bindings(env)) == (1 if how == "failure" else 2)
+    if how == "crash":
+        env.clock.advance(seconds=301)
+        assert env.prov.finish_stale() == ["gw-0123456789"]
+    assert leftovers(env) == NOTHING
+    [b] = study_bindings(env)
+    assert set(b["members"]) == {f"serviceAccount:{other.service_account_email}"}
+    assert b["condition"]["expression"] == study_condition(env.study_bucket, "fg-2")
 
 
 # -- service-account key rotation as one unit (issue 11 item 16) ---------------------------------

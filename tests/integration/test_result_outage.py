@@ -84,7 +84,8 @@ def world(stack, admin_env, tmp_path):
     stack.topic(GATEWAY_DLQ, subscription="gateway-dead-letter-audit")
     stack.db.document(f"facility_groups/{e2e.FG}/gateways/{e2e.GW}").delete()
     provisioner = Provisioner(stack.store, stack.cloud(), stack.clock,
-                              ProvisioningSettings(objects_bucket=stack.objects_bucket, gateway_dead_letter_topic=GATEWAY_DLQ))
+                              ProvisioningSettings(objects_bucket=stack.objects_bucket, study_bucket=stack.study_bucket,
+                                                   gateway_dead_letter_topic=GATEWAY_DLQ))
     e2e.gw = provisioner.create(gateway(e2e.GW, topic_id="", subscription_id=""), "Pat Admin")
     stack.secrets.save_result_key(e2e.FG, e2e.GW, RESULT_KEY)  # the key the harness's agent config holds
     proxy = FlakyProxy(e2e.result_endpoint.url)
@@ -130,7 +131,7 @@ def test_a_30_minute_result_endpoint_outage_loses_no_job_and_burns_no_delivery(w
     assert deliveries == [1], deliveries
     # The final result was refused throughout the outage, in both ways, and held meanwhile.
     assert {("503", "COMPLETED"), ("drop", "COMPLETED")} <= set(proxy.refused)
-    assert ProvisioningSettings(objects_bucket="x").max_delivery_attempts > max(deliveries)
+    assert ProvisioningSettings(objects_bucket="x", study_bucket="y").max_delivery_attempts > max(deliveries)
     assert archive.study(STUDY) == {f.sop_instance_uid for f in files} and archive.stores == len(files)
     assert e2e.stack.pull("gateway-dead-letter-audit", wait=3.0) == []
 
@@ -142,7 +143,8 @@ def test_provisioned_subscriptions_back_off_between_redeliveries(stack):
     (production backs off from the first), so three nacks take at least 2 x 3 s; without a retry
     policy they take a fraction of a second."""
     stack.topic(GATEWAY_DLQ)
-    settings = ProvisioningSettings(objects_bucket=stack.objects_bucket, gateway_dead_letter_topic=GATEWAY_DLQ,
+    settings = ProvisioningSettings(objects_bucket=stack.objects_bucket, study_bucket=stack.study_bucket,
+                                    gateway_dead_letter_topic=GATEWAY_DLQ,
                                     min_retry_backoff_seconds=3, max_retry_backoff_seconds=10)
     gw = Provisioner(stack.store, stack.cloud(), stack.clock, settings).create(gateway("gw-1", topic_id="", subscription_id=""), "Pat")
     sub = stack.subscriber.get_subscription(subscription=stack.subscriber.subscription_path(stack.project, gw.subscription_id))
