@@ -486,3 +486,23 @@ def test_rotation_in_progress_refuses_a_second_rotation_and_a_delete(env, monkey
     assert_one_tracked_key(env)
     env.prov.delete(env.store.get_gateway("fg-1", gw.id), "Sam Admin", lambda: None)
     assert leftovers(env) == NOTHING
+
+
+# -- Pub/Sub: a gateway pulls its own subscription only (issue 12 item 5) --------------------------
+
+def test_a_gateways_key_may_pull_its_own_subscription_and_no_other(env):
+    """The emulator serves any pull, so the local stack checks the subscription policies that
+    provisioning sets (devstack/pubsub_iam.py) before an agent may pull; this is that check."""
+    from devstack.pubsub_iam import PullDenied, require_consume
+
+    a = env.prov.create(new_gateway("gw-aaaaaaaaaa"), "Pat Admin")
+    b = env.prov.create(new_gateway("gw-bbbbbbbbbb"), "Pat Admin")
+    policies = env.emulators["iam"].policies
+    key_a = json.loads(env.vault.get(sa_key_object("fg-1", a.id)))
+    sub_a, sub_b = (env.subscriber.subscription_path(env.project, g.subscription_id) for g in (a, b))
+    require_consume(policies, key_a, sub_a)
+    with pytest.raises(PullDenied, match="lacks pubsub.subscriptions.consume"):
+        require_consume(policies, key_a, sub_b)
+    env.prov.delete(a, "Pat Admin", lambda: None)
+    with pytest.raises(PullDenied):  # deleting the gateway revokes its grant with the rest
+        require_consume(env.emulators["iam"].policies, key_a, sub_a)
