@@ -60,9 +60,16 @@ class ObjectFetcher:
 
     def _call(self, what: str, fn):
         from google.api_core import exceptions as gexc
+        from google.auth import exceptions as auth_exc
 
         try:
             return fn()
+        except auth_exc.RefreshError as e:  # the token endpoint refused the key (deleted, rotated out, account gone)
+            why = str(e.args[0]) if e.args else type(e).__name__  # OAuth error text: no key material
+            raise FetchError(f"{what}: the gateway's service-account key was refused ({why}); install the current "
+                             "key (SA JSON download)", retryable=bool(getattr(e, "retryable", False))) from None
+        except auth_exc.TransportError:
+            raise FetchError(f"{what}: the token endpoint is unreachable", retryable=True) from None
         except gexc.NotFound:
             raise FetchError(f"{what}: not found in Cloud Storage", retryable=False) from None
         except gexc.Forbidden:
