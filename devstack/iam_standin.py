@@ -8,6 +8,14 @@ It speaks two real APIs on one loopback port:
   ``SubscriberClient.set_iam_policy``/``get_iam_policy`` call this service; the Pub/Sub emulator
   answers 501 for them, so subscription IAM bindings go here in tests.
 
+It also serves Google's OAuth 2.0 token endpoint for the keys it mints, on a loopback HTTP port
+(:attr:`IamStandIn.token_url`, the key file's ``token_uri``): google-auth's own service-account flow
+(``Credentials.from_service_account_info(key).refresh(...)``) signs a JWT assertion with the key and
+gets a short-lived access token, which :meth:`IamStandIn.principal_for_token` maps back to the
+service account. A deleted or rotated-out key gets no token (ARCHITECTURE rule 10: what production
+enforces, the local stack enforces). The same method accepts the self-signed JWTs that GAPIC clients
+send instead of access tokens (``always_use_jwt_access``, https://google.aip.dev/auth/4111).
+
 State lives in memory behind one lock; :meth:`IamStandIn.reset` clears it. Methods that are not
 implemented answer UNIMPLEMENTED (gRPC's default for unregistered methods).
 """
@@ -26,12 +34,14 @@ import time
 import urllib.parse
 from concurrent import futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, cast
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from google.cloud import iam_admin_v1
 from google.cloud.iam_admin_v1 import types as iam
@@ -41,8 +51,9 @@ from google.protobuf import empty_pb2
 
 if TYPE_CHECKING:
     from google.cloud import pubsub_v1
+    from google.oauth2 import service_account
 
-__all__ = ["IamStandIn", "EMPTY_POLICY_ETAG", "ACCOUNT_ID_RE", "METHODS"]
+__all__ = ["IamStandIn", "EMPTY_POLICY_ETAG", "ACCOUNT_ID_RE", "METHODS", "GOOGLE_TOKEN_AUDIENCE", "CLOUD_PLATFORM_SCOPE"]
 
 ACCOUNT_ID_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
 """Service account ids: 6-30 characters, lower-case letters, digits and dashes."""
@@ -63,6 +74,20 @@ METHODS = frozenset({
 })
 """The method names the stand-in implements (keys of ``calls``, arguments of ``fail_next``)."""
 
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+"""The ``aud`` google-auth puts in every service-account assertion, whatever the key's ``token_uri``
+(``google.oauth2.service_account._GOOGLE_OAUTH2_TOKEN_ENDPOINT``); Google's endpoint accepts it, so
+the stand-in's does too, as well as its own :attr:`IamStandIn.token_url`."""
+
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+_JWT_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 section 2.1
+_MAX_JWT_LIFETIME = 3600  # Google: "Token must be a short-lived token (60 minutes)"
+_CLOCK_SKEW = 60  # seconds of clock difference tolerated on iat (and on exp of an assertion)
+_MAX_TOKEN_BODY = 64 * 1024
+_TIMEFRAME = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+              "Check your iat and exp values in the JWT claim.")
+
 _ADMIN_SERVICE = "google.iam.admin.v1.IAM"
 _POLICY_SERVICE = "google.iam.v1.IAMPolicy"
 _PRIVATE = iam.ServiceAccountPrivateKeyType
@@ -81,6 +106,56 @@ class _Key:
     key: iam.ServiceAccountKey
     cert_pem: bytes
     public_pem: bytes
+
+
+@dataclass(frozen=True)
+class _Issued:
+    """An access token the token endpoint issued: whose, until when (``time.monotonic()``)."""
+
+    email: str
+    unique_id: str  # a re-created account of the same email is another account: its old tokens do not work
+    expires: float
+    scopes: tuple[str, ...]
+
+
+class _Refused(Exception):
+    """The token endpoint's OAuth error (RFC 6749 section 5.2), as Google words it."""
+
+    def __init__(self, description: str, error: str = "invalid_grant") -> None:
+        super().__init__(description)
+        self.error, self.description = error, description
+
+
+class _LocalAbort(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
+class _LocalContext:
+    """Stands in for a ``grpc.ServicerContext`` when the harness calls an implementation directly."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        raise _LocalAbort(code, details)
+
+
+def _b64url(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _split_jwt(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """(header, claims, signed bytes, signature) of a compact JWS; ValueError if it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a JWT")
+    header, claims = json.loads(_b64url(parts[0])), json.loads(_b64url(parts[1]))
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise ValueError("not a JWT")
+    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), _b64url(parts[2])
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -106,14 +181,21 @@ class IamStandIn:
     account ... does not exist." as production does (Google documents up to a minute and more;
     the default here is short, like a test's patience). 0 turns it off. :meth:`unusable_member`
     lets the bucket-IAM stand-in apply the same rule.
+
+    ``token_lifetime_seconds``: how long an access token from :attr:`token_url` is valid (Google:
+    3600 s).
     """
 
-    def __init__(self, key_bits: int = 2048, max_workers: int = 8, propagation_seconds: float = 1.0) -> None:
+    def __init__(self, key_bits: int = 2048, max_workers: int = 8, propagation_seconds: float = 1.0,
+                 token_lifetime_seconds: int = 3600) -> None:
         self.key_bits = key_bits
         self.propagation_seconds = propagation_seconds
+        self.token_lifetime_seconds = token_lifetime_seconds
         self._max_workers = max_workers
         self._lock = threading.Lock()
         self._server: Optional[grpc.Server] = None
+        self._http: Optional[ThreadingHTTPServer] = None
+        self._http_thread: Optional[threading.Thread] = None
         self._channels: list[grpc.Channel] = []
         self._etags = itertools.count(1)
         self.port = 0
@@ -121,9 +203,14 @@ class IamStandIn:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> "IamStandIn":
-        """Bind a free loopback port (port 0, so no race) and start serving."""
+        """Bind free loopback ports (port 0, so no race) and start serving gRPC and the token endpoint."""
         if self._server is not None:
             return self
+        http = ThreadingHTTPServer(("127.0.0.1", 0), self._token_handler_class())
+        http.daemon_threads = True
+        self._http = http
+        self._http_thread = threading.Thread(target=http.serve_forever, name="iam-standin-token", daemon=True)
+        self._http_thread.start()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._max_workers,
                                                         thread_name_prefix="iam-standin"))
         server.add_generic_rpc_handlers((
@@ -143,6 +230,12 @@ class IamStandIn:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            if self._http_thread is not None:
+                self._http_thread.join(5)
+            self._http = self._http_thread = None
 
     def __enter__(self) -> "IamStandIn":
         return self.start()
@@ -156,6 +249,13 @@ class IamStandIn:
         if self._server is None:
             raise RuntimeError("IamStandIn is not started")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        """``http://127.0.0.1:PORT/token``: the OAuth token endpoint, the ``token_uri`` of minted keys."""
+        if self._http is None:
+            raise RuntimeError("IamStandIn is not started")
+        return f"http://127.0.0.1:{self._http.server_address[1]}/token"
 
     # ---- clients ---------------------------------------------------------------------------
     def _channel(self) -> grpc.Channel:
@@ -177,6 +277,37 @@ class IamStandIn:
         from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
         return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=self._channel()))
+
+    # ---- harness identities ----------------------------------------------------------------
+    def mint_key_info(self, project: str, account_id: str) -> dict[str, Any]:
+        """A new key file (parsed JSON) of ``account_id@project.iam.gserviceaccount.com``, created
+        first if missing, through the same code as CreateServiceAccount / CreateServiceAccountKey
+        (not counted in :attr:`calls`). For identities a test needs: a test owner, a function's
+        runtime identity, an agent's key."""
+        context = cast(grpc.ServicerContext, _LocalContext())
+        email = f"{account_id}@{project}.iam.gserviceaccount.com"
+        try:
+            self._create_sa(iam.CreateServiceAccountRequest(
+                name=f"projects/{project}", account_id=account_id,
+                service_account=iam.ServiceAccount(display_name=account_id)), context)
+        except _LocalAbort as e:
+            if e.code != grpc.StatusCode.ALREADY_EXISTS:
+                raise ValueError(str(e)) from None
+        try:
+            key = self._create_key(iam.CreateServiceAccountKeyRequest(
+                name=f"projects/{project}/serviceAccounts/{email}"), context)
+        except _LocalAbort as e:
+            raise ValueError(str(e)) from None
+        return json.loads(key.private_key_data)
+
+    def credentials(self, project: str, account_id: str,
+                    scopes: tuple[str, ...] = (CLOUD_PLATFORM_SCOPE,)) -> "service_account.Credentials":
+        """google-auth credentials of a new key of that account (see :meth:`mint_key_info`): they
+        get their access tokens from :attr:`token_url`."""
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(self.mint_key_info(project, account_id),
+                                                                     scopes=list(scopes))
 
     # ---- inspection and control ------------------------------------------------------------
     @property
@@ -203,7 +334,8 @@ class IamStandIn:
     @property
     def calls(self) -> collections.Counter[str]:
         """Snapshot: method name (e.g. ``"CreateServiceAccount"``) -> calls received, including
-        retries and injected failures. Both services' ``SetIamPolicy`` count under one name."""
+        retries and injected failures. Both services' ``SetIamPolicy`` count under one name.
+        ``"token"`` counts requests to the token endpoint, ``"token_refused"`` those refused."""
         with self._lock:
             return collections.Counter(self._calls)
 
@@ -220,7 +352,7 @@ class IamStandIn:
             self._failures[method].extend([code] * times)
 
     def reset(self) -> None:
-        """Forget all service accounts, keys, policies, call counts and pending failures."""
+        """Forget all service accounts, keys, policies, issued tokens, call counts and pending failures."""
         with self._lock:
             self._clear()
 
@@ -244,6 +376,7 @@ class IamStandIn:
         self._accounts: dict[str, iam.ServiceAccount] = {}
         self._keys: dict[str, _Key] = {}  # key name -> key
         self._policies: dict[str, policy_pb2.Policy] = {}
+        self._issued: dict[str, _Issued] = {}  # access token -> whose, until when
         self._calls: collections.Counter[str] = collections.Counter()
         self._failures: dict[str, collections.deque[grpc.StatusCode]] = collections.defaultdict(collections.deque)
 
@@ -384,7 +517,7 @@ class IamStandIn:
             "client_email": sa.email,
             "client_id": sa.unique_id,
             "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-            "token_uri": "https://oauth2.googleapis.com/token",
+            "token_uri": self.token_url,  # where google-auth exchanges its signed assertion for a token
             "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
             "client_x509_cert_url": "https://www.googleapis.com/robot/v1/metadata/x509/" + urllib.parse.quote(sa.email),
             "universe_domain": "googleapis.com",
@@ -474,3 +607,153 @@ class IamStandIn:
     def _test_permissions(self, req: iam_policy_pb2.TestIamPermissionsRequest,
                           context: grpc.ServicerContext) -> iam_policy_pb2.TestIamPermissionsResponse:
         return iam_policy_pb2.TestIamPermissionsResponse(permissions=list(req.permissions))
+
+    # ---- OAuth token endpoint and token checks ---------------------------------------------
+    def principal_for_token(self, token: str) -> Optional[str]:
+        """``"serviceAccount:EMAIL"`` for a bearer token a Google API would accept, else None:
+
+        * an access token from :attr:`token_url` that has not expired and whose service account
+          still exists (as in Google, deleting the key that obtained it does not revoke it: it
+          lives out its lifetime);
+        * a self-signed JWT (what GAPIC clients send with ``always_use_jwt_access``,
+          https://google.aip.dev/auth/4111): RS256, header ``kid`` a key that exists now,
+          ``iss == sub ==`` that key's account, an ``aud`` or ``scope``, ``exp`` in the future.
+        """
+        if not isinstance(token, str) or not token:
+            return None
+        with self._lock:
+            issued = self._issued.get(token)
+            if issued is not None:
+                sa = self._accounts.get(issued.email)
+                alive = (issued.expires > time.monotonic() and sa is not None and not sa.disabled
+                         and sa.unique_id == issued.unique_id)
+                return f"serviceAccount:{issued.email}" if alive else None
+        try:
+            claims, email = self._verify_jwt(token, exp_leeway=0)
+        except _Refused:
+            return None
+        if claims.get("sub") != email or not (claims.get("aud") or claims.get("scope")):
+            return None  # an assertion meant for the token endpoint is not a bearer token
+        return f"serviceAccount:{email}"
+
+    def _verify_jwt(self, token: str, exp_leeway: float) -> tuple[dict[str, Any], str]:
+        """(claims, account email) of a JWT signed RS256 by a key that exists now, within its
+        timeframe (at most 60 minutes long); else :class:`_Refused` with Google's wording."""
+        try:
+            header, claims, signed, signature = _split_jwt(token)
+        except ValueError:
+            raise _Refused("Invalid JWT: the assertion is not a compact JWS (header.claims.signature).") from None
+        iss, kid = claims.get("iss"), header.get("kid")
+        with self._lock:
+            # google-auth always names the key (kid = private_key_id); without it, try the issuer's keys.
+            candidates = [(k.key.name, k.public_pem) for k in self._keys.values() if k.email == iss
+                          and (k.key.name.rsplit("/", 1)[-1] == kid if kid else True)]
+        verified = None
+        if header.get("alg") == "RS256":
+            for name, pem in candidates:
+                public = serialization.load_pem_public_key(pem)
+                assert isinstance(public, rsa.RSAPublicKey)
+                try:
+                    public.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+                except InvalidSignature:
+                    continue
+                verified = name
+                break
+        if verified is None:  # unknown, deleted or rotated-out key, another key's signature, other alg
+            raise _Refused("Invalid JWT Signature.")
+        iat, exp, now = claims.get("iat"), claims.get("exp"), time.time()
+        if not (_is_time(iat) and _is_time(exp) and 0 < exp - iat <= _MAX_JWT_LIFETIME
+                and iat <= now + _CLOCK_SKEW and exp > now - exp_leeway):
+            raise _Refused(_TIMEFRAME)
+        with self._lock:
+            sa = self._accounts.get(iss)
+            if verified not in self._keys or sa is None:  # deleted while we verified
+                raise _Refused("Invalid JWT Signature.")
+            if sa.disabled:
+                raise _Refused("Invalid grant: account disabled.")
+        return claims, str(iss)
+
+    def _exchange(self, assertion: str) -> dict[str, Any]:
+        """The access token response for a service-account assertion (RFC 7523 section 2.1)."""
+        claims, email = self._verify_jwt(assertion, exp_leeway=_CLOCK_SKEW)
+        if claims.get("aud") not in (self.token_url, GOOGLE_TOKEN_AUDIENCE):
+            raise _Refused(f"Invalid JWT: Failed audience check. The right audience is {GOOGLE_TOKEN_AUDIENCE}.")
+        if claims.get("sub") not in (None, email):  # domain-wide delegation: nothing here to delegate from
+            raise _Refused("Client is unauthorized to retrieve access tokens using this method, or client not "
+                           "authorized for any of the scopes requested.", "unauthorized_client")
+        scope = claims.get("scope")
+        scopes = tuple(scope.split()) if isinstance(scope, str) else ()
+        if not scopes:  # Google refuses an access token for no scope (an ID token would need target_audience)
+            raise _Refused("Invalid OAuth scope or ID token audience provided.", "invalid_scope")
+        token = "ya29." + secrets.token_urlsafe(48)
+        lifetime = int(self.token_lifetime_seconds)
+        now = time.monotonic()
+        with self._lock:
+            sa = self._accounts.get(email)
+            if sa is None:
+                raise _Refused("Invalid JWT Signature.")
+            for old in [t for t, i in self._issued.items() if i.expires <= now]:  # keep memory bounded
+                del self._issued[old]
+            self._issued[token] = _Issued(email, sa.unique_id, now + lifetime, scopes)
+        return {"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}
+
+    def _token_request(self, content_type: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) for ``POST /token``, counted in :attr:`calls`."""
+        with self._lock:
+            self._calls["token"] += 1
+        try:
+            if content_type.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+                raise _Refused("The request body must be application/x-www-form-urlencoded.", "invalid_request")
+            try:
+                form = urllib.parse.parse_qs(body.decode("utf-8"), strict_parsing=True)
+            except (UnicodeDecodeError, ValueError):
+                raise _Refused("The request body is not a valid form.", "invalid_request") from None
+            grant_type = form.get("grant_type", [""])[0]
+            if grant_type != _JWT_GRANT_TYPE:
+                raise _Refused(f"Invalid grant_type: {grant_type}", "unsupported_grant_type")
+            assertion = form.get("assertion", [""])[0]
+            if not assertion:
+                raise _Refused("Missing required parameter: assertion", "invalid_request")
+            return 200, self._exchange(assertion)
+        except _Refused as e:
+            with self._lock:
+                self._calls["token_refused"] += 1
+            return 400, {"error": e.error, "error_description": e.description}
+
+    def _token_handler_class(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def _json(self, status: int, doc: dict[str, Any]) -> None:
+                body = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Cache-Control", "no-cache, no-store, max-age=0, must-revalidate")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= _MAX_TOKEN_BODY:
+                    self.close_connection = True
+                    self._json(400, {"error": "invalid_request", "error_description": "Bad Content-Length."})
+                    return
+                body = self.rfile.read(length)
+                if urllib.parse.urlsplit(self.path).path != "/token":
+                    self._json(404, {"error": "not_found", "error_description": f"No such endpoint: {self.path}"})
+                    return
+                self._json(*standin._token_request(self.headers.get("Content-Type", ""), body))
+
+            def do_GET(self) -> None:
+                self._json(405, {"error": "invalid_request", "error_description": "Use POST."})
+
+        return Handler

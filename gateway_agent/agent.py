@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -160,14 +159,15 @@ class Agent:
 
     # -- Pub/Sub ----------------------------------------------------------------------------
     def _subscriber_client(self, d: JobDelivery):
+        """A subscriber authenticated as the delivery's service account, always (one code path).
+        Note: google-cloud-pubsub itself replaces the credentials by anonymous ones when
+        PUBSUB_EMULATOR_HOST is set (the emulator has no auth); that is the library's behaviour, not
+        a branch of ours."""
         from google.cloud import pubsub_v1
+        from google.oauth2 import service_account
 
-        creds = None
-        if not os.environ.get("PUBSUB_EMULATOR_HOST"):
-            from google.oauth2 import service_account
-
-            creds = service_account.Credentials.from_service_account_info(
-                d.service_account_info, scopes=["https://www.googleapis.com/auth/pubsub"])
+        creds = service_account.Credentials.from_service_account_info(
+            d.service_account_info, scopes=["https://www.googleapis.com/auth/pubsub"])
         return pubsub_v1.SubscriberClient(credentials=creds)
 
     def start(self) -> "Agent":

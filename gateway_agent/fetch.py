@@ -2,7 +2,6 @@
 a 2,000-image study never sits in RAM)."""
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,8 +36,11 @@ def study_prefix(uri: str) -> tuple[str, str]:
 
 
 class ObjectFetcher:
-    """Downloads with the gateway's service account (seed 000 Step 3: the SA JSON key). Against the
-    Storage emulator (STORAGE_EMULATOR_HOST) the client library authenticates anonymously."""
+    """Downloads with the gateway's service account (seed 000 Step 3: the SA JSON key), always: its
+    signed assertion buys an access token at the key's ``token_uri`` and every request carries it.
+    One code path everywhere (ARCHITECTURE rule 10): google-cloud-storage honours explicit
+    credentials with STORAGE_EMULATOR_HOST, so on the local stack the bearer token reaches the
+    storage emulator too, and the key's ``token_uri`` is the IAM stand-in's token endpoint."""
 
     def __init__(self, service_account_info: dict, project_id: str, parallel: int = 8):
         self._sa, self._project, self._parallel = service_account_info, project_id, parallel
@@ -49,21 +51,25 @@ class ObjectFetcher:
         with self._lock:
             if self._client is None:
                 from google.cloud import storage
+                from google.oauth2 import service_account
 
-                creds = None
-                if not os.environ.get("STORAGE_EMULATOR_HOST"):
-                    from google.oauth2 import service_account
-
-                    creds = service_account.Credentials.from_service_account_info(
-                        self._sa, scopes=["https://www.googleapis.com/auth/devstorage.read_only"])
+                creds = service_account.Credentials.from_service_account_info(
+                    self._sa, scopes=["https://www.googleapis.com/auth/devstorage.read_only"])
                 self._client = storage.Client(project=self._project, credentials=creds)
             return self._client
 
     def _call(self, what: str, fn):
         from google.api_core import exceptions as gexc
+        from google.auth import exceptions as auth_exc
 
         try:
             return fn()
+        except auth_exc.RefreshError as e:  # the token endpoint refused the key (deleted, rotated out, account gone)
+            why = str(e.args[0]) if e.args else type(e).__name__  # OAuth error text: no key material
+            raise FetchError(f"{what}: the gateway's service-account key was refused ({why}); install the current "
+                             "key (SA JSON download)", retryable=bool(getattr(e, "retryable", False))) from None
+        except auth_exc.TransportError:
+            raise FetchError(f"{what}: the token endpoint is unreachable", retryable=True) from None
         except gexc.NotFound:
             raise FetchError(f"{what}: not found in Cloud Storage", retryable=False) from None
         except gexc.Forbidden:

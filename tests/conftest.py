@@ -29,8 +29,9 @@ def emulators(tmp_path_factory) -> Iterator[dict]:
     fs = processes.start_firestore(log_dir)
     ps = processes.start_pubsub(log_dir)
     gcs = start_gcs(log_dir)
-    # Small keys: faster, and never used to sign anything. A new service account becomes usable in
-    # IAM policies 1 s after its creation (production: seconds, up to a minute and more).
+    # Small keys: faster (they sign token assertions; RS256 works with any RSA size). A new service
+    # account becomes usable in IAM policies 1 s after its creation (production: seconds, up to a
+    # minute and more). Its token endpoint (iam.token_url) is every minted key's token_uri.
     iam = IamStandIn(key_bits=1024, propagation_seconds=1.0).start()
     bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member).start()
     os.environ["FIRESTORE_EMULATOR_HOST"] = fs.host

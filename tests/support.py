@@ -14,6 +14,20 @@ T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 
 
+def local_key_file(email: str = "archsync-gw-1@test-project.iam.gserviceaccount.com") -> dict:
+    """A real service-account key file (fresh RSA key) for unit tests without the IAM stand-in: it
+    parses and signs like a downloaded one, but no token endpoint knows it. Integration tests use
+    ``emulators["iam"].mint_key_info(...)``, whose keys do get tokens."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return {"type": "service_account", "project_id": email.split("@")[1].split(".")[0],
+            "private_key_id": uuid.uuid4().hex, "private_key": pem, "client_email": email,
+            "client_id": "100000000000000000001", "token_uri": "https://oauth2.googleapis.com/token"}
+
+
 class FakeClock:
     def __init__(self, now: datetime = T0):
         self.t = now

@@ -18,10 +18,6 @@ from gateway_agent.agent import Agent
 from gateway_agent.config import parse
 from tests.support import RESULT_KEY, cloud_event_headers, destination, gateway, load_app, pubsub_envelope
 
-FAKE_SA = {"type": "service_account", "client_email": "archsync-gw-1@test.iam.gserviceaccount.com",
-           "private_key": "-----BEGIN PRIVATE KEY-----\nnot-used-against-emulators\n-----END PRIVATE KEY-----\n"}
-
-
 def write_instances(files: list[StudyFile], into: Path) -> list:
     """Study files written to disk, as the agent's Instances (what its C-STORE path takes)."""
     from gateway_agent.fetch import read_instance
@@ -70,6 +66,9 @@ class E2E:
         self.studies_bucket = stack.study_bucket  # the bucket ARCHSYNC_STUDY_BUCKET names (tests/conftest.py)
         self.gw = gateway(self.GW)
         stack.add_gateway(self.gw)
+        # A real key of the gateway's service account: the agent gets its tokens from the IAM
+        # stand-in's token endpoint (the key's token_uri), as on site from Google's.
+        self.sa_key: dict = stack.emulators["iam"].mint_key_info(stack.project, f"archsync-{self.GW}")
         stack.secrets.save_result_key(self.FG, self.GW, RESULT_KEY)
         self.dest = destination(self.DEST, host=host, port=port, called_ae_title=called_ae_title, calling_ae_title="GW_SCU",
                                 since=self.now - timedelta(days=1), max_retries=1, retry_timeout_seconds=1)
@@ -128,7 +127,7 @@ class E2E:
             "job_deliveries": [{
                 "name": "E2E gateway", "project_id": self.stack.project, "subscription_id": self.gw.subscription_id,
                 "result_endpoint_url": self.result_endpoint.url, "result_endpoint_secure_key": RESULT_KEY.decode(),
-                "service_account_json": json.dumps(FAKE_SA), "active": True}],
+                "service_account_json": json.dumps(self.sa_key), "active": True}],
             "max_concurrent_jobs": 2, "dimse_timeout_seconds": 10, "network_timeout_seconds": 3,
             "storage_commitment": {"ae_title": "GW_SCU", "host": "127.0.0.1", "port": commitment_port, "timeout_seconds": 20},
             "work_dir": str(self.tmp),

@@ -22,7 +22,7 @@ from gateway_agent.jobs import JobRunner
 from gateway_agent.results import Outcome, ResultNotDelivered, ResultRefused, result_body
 from shared.contracts import validate
 from shared.domain.errors import MalformedInput
-from tests.e2e.harness import FAKE_SA
+from tests.support import local_key_file
 
 STUDY = "1.2.826.0.1.3680043.8.498.8001"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -58,11 +58,13 @@ def world(stack, tmp_path):
     listener = CommitmentListener(waiter, "GW_SCU", "127.0.0.1", 0).start()
     archive = EmbeddedArchive(peers={"GW_SCU": ("127.0.0.1", listener.port)}).start()
     sleeps: list[float] = []
-    runner = JobRunner(ObjectFetcher(FAKE_SA, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
+    sa_key = stack.emulators["iam"].mint_key_info(stack.project, "archsync-gw-1")  # a real key: real tokens
+    runner = JobRunner(ObjectFetcher(sa_key, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     bucket = stack.study_bucket
 
-    w = SimpleNamespace(stack=stack, archive=archive, runner=runner, sleeps=sleeps, uri=f"gs://{bucket}/fg-1/{STUDY}/")
+    w = SimpleNamespace(stack=stack, archive=archive, runner=runner, sleeps=sleeps, uri=f"gs://{bucket}/fg-1/{STUDY}/",
+                        sa_key=sa_key)
 
     def study(count: int, **kw):
         files = make_study(STUDY, count, **kw)
@@ -320,7 +322,7 @@ def test_the_failure_reason_names_every_distinct_failure_of_the_tries(world):
     """Issue 11 item 17: the first try's cause is not replaced by the last try's."""
     world.study(2)
     world.archive.fail_store_with = 0xA700
-    runner = JobRunner(ObjectFetcher(FAKE_SA, world.stack.project), Network(5, 3, 3), CommitmentWaiter(),
+    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project), Network(5, 3, 3), CommitmentWaiter(),
                        work_dir=str(world.runner._work_dir),
                        sleep=lambda s: setattr(world.archive, "fail_store_with", 0xA702))  # another cause from try 2 on
     out = runner.run(job(port=world.archive.port, uri=world.uri, max_retries=2))
@@ -412,7 +414,7 @@ class _Runner:
 def _agent():
     return Agent(parse({"job_deliveries": [{"name": "gw", "project_id": "p", "subscription_id": "s",
                                             "result_endpoint_url": "https://x/r", "result_endpoint_secure_key": "k",
-                                            "service_account_json": FAKE_SA, "active": True}]}))
+                                            "service_account_json": local_key_file(), "active": True}]}))  # not started: never used
 
 
 def test_ack_only_after_the_final_result_is_accepted():

@@ -21,6 +21,7 @@ import pytest
 from devstack.archive_scp import EmbeddedArchive
 from gateway_agent.agent import Agent
 from gateway_agent.config import parse
+from shared.adapters.gcs import sa_key_object
 from shared.services.provisioning import Provisioner, ProvisioningSettings
 from tests.e2e.harness import E2E, wait_for
 from tests.support import RESULT_KEY, gateway
@@ -88,6 +89,7 @@ def world(stack, admin_env, tmp_path):
                                                    gateway_dead_letter_topic=GATEWAY_DLQ))
     e2e.gw = provisioner.create(gateway(e2e.GW, topic_id="", subscription_id=""), "Pat Admin")
     stack.secrets.save_result_key(e2e.FG, e2e.GW, RESULT_KEY)  # the key the harness's agent config holds
+    e2e.sa_key = json.loads(stack.vault.get(sa_key_object(e2e.FG, e2e.GW)))  # the SA JSON download's key
     proxy = FlakyProxy(e2e.result_endpoint.url)
     yield e2e, archive, proxy
     e2e.close()

@@ -148,7 +148,7 @@ def test_service_account_keys(iam: IamStandIn, iam_client: iam_admin_v1.IAMClien
     assert info["type"] == "service_account"
     assert (info["project_id"], info["client_email"], info["client_id"], info["private_key_id"]) == \
         (PROJECT, sa.email, sa.unique_id, key_id)
-    assert info["token_uri"] == "https://oauth2.googleapis.com/token"
+    assert info["token_uri"] == iam.token_url  # the stand-in's token endpoint (tests/integration/test_credentials.py)
     private = serialization.load_pem_private_key(info["private_key"].encode(), password=None)
     assert isinstance(private, rsa.RSAPrivateKey) and private.key_size == iam.key_bits
     creds = service_account.Credentials.from_service_account_info(info)  # google-auth accepts the file

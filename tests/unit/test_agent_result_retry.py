@@ -12,7 +12,9 @@ import pytest
 
 from gateway_agent.config import ConfigError, parse
 from gateway_agent.results import ResultNotDelivered, ResultRefused, ResultReporter, RetryPolicy
-from tests.e2e.harness import FAKE_SA
+from tests.support import local_key_file
+
+SA_KEY = local_key_file()  # a real key file: the config takes only what a download gives
 
 JOB = {"job_id": "archive-" + "a" * 32, "attempt": 1, "facility_group_id": "fg-1", "gateway_id": "gw-1"}
 
@@ -132,7 +134,7 @@ def test_stopping_the_agent_ends_the_wait(endpoint):
 
 def _delivery() -> dict:
     return {"name": "gw", "project_id": "p", "subscription_id": "s", "result_endpoint_url": "https://x/r",
-            "result_endpoint_secure_key": "k", "service_account_json": FAKE_SA, "active": True}
+            "result_endpoint_secure_key": "k", "service_account_json": SA_KEY, "active": True}
 
 
 def test_result_retry_config_defaults_outlast_30_minutes_and_are_validated():

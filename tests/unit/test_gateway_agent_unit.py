@@ -17,7 +17,9 @@ from gateway_agent.config import SEED_FIELDS, ConfigError, parse
 from gateway_agent.mllp import Hl7Error, check_ack
 from gateway_agent.results import result_body, sign_headers
 from shared import signing
-from tests.e2e.harness import FAKE_SA
+from tests.support import local_key_file
+
+SA_KEY = local_key_file()  # a real key file: the config takes only what a download gives
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def delivery(**kw) -> dict:
     d = {"name": "Main DC", "project_id": "acme-pacs", "subscription_id": "gateway-pubsub-gw-1-sub",
          "result_endpoint_url": "https://results.example/on_job_result", "result_endpoint_secure_key": "s3cret-key",
-         "service_account_json": json.dumps(FAKE_SA), "active": True}
+         "service_account_json": json.dumps(SA_KEY), "active": True}
     d.update(kw)
     return d
 
@@ -36,7 +38,7 @@ def test_config_has_exactly_the_seed_fields_and_defaults():
     cfg = parse({"job_deliveries": [delivery(), delivery(subscription_id="other", active=False)]})
     d = cfg.deliveries[0]
     assert d.subscription_path == "projects/acme-pacs/subscriptions/gateway-pubsub-gw-1-sub"
-    assert d.service_account_info["client_email"] == FAKE_SA["client_email"]
+    assert d.service_account_info["client_email"] == SA_KEY["client_email"]
     assert [x.name for x in cfg.active_deliveries] == ["Main DC"]
     assert cfg.max_concurrent_jobs == 4 and cfg.storage_commitment.port == 0
     assert "s3cret" not in repr(d) and "PRIVATE" not in repr(d)  # secrets never reach logs via repr
