@@ -104,6 +104,15 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
                "trailer", "upgrade"}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that drops its keep-alive connection (e.g. after a 401 it cannot refresh) is normal.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class _HttpError(Exception):
     def __init__(self, status: int, message: str, reason: str = "invalid",
                  extra: Optional[dict[str, str]] = None) -> None:
@@ -176,7 +185,7 @@ class BucketIamStandIn:
     def start(self) -> "BucketIamStandIn":
         """Bind a free loopback port (port 0, so no race) and serve in a daemon thread."""
         if self._server is None:
-            self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+            self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
             self._server.daemon_threads = True
             self.port = self._server.server_address[1]
             self._thread = threading.Thread(target=self._server.serve_forever, name="bucket-iam-standin", daemon=True)
@@ -215,6 +224,12 @@ class BucketIamStandIn:
         """Snapshot: bucket name -> stored policy (GCS JSON format)."""
         with self._lock:
             return json.loads(json.dumps(self._policies))
+
+    @property
+    def upload_sessions(self) -> int:
+        """How many resumable upload sessions this front authorised (and will continue)."""
+        with self._lock:
+            return len(self._uploads)
 
     @property
     def calls(self) -> collections.Counter[str]:
