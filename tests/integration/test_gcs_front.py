@@ -19,7 +19,8 @@ from google.cloud import storage
 from google.oauth2.credentials import Credentials
 
 from devstack import gcs, processes
-from shared.adapters.gcs import prefix_reader_condition
+from shared.adapters.gcs import BucketIam, prefix_reader_condition
+from shared.domain.errors import TransientError
 
 PROJECT = "archsync-test"
 OWNER = "serviceAccount:harness@archsync-test.iam.gserviceaccount.com"
@@ -200,3 +201,20 @@ def test_owners_can_do_everything_and_unmodelled_requests_are_refused(front, buc
                          ("GET", f"/{bucket}/fg-1/a.dcm")]:
         status, body = _raw(front, method, path, token="tok-owner")
         assert status == 403 and "not modelled by the local stack" in body["error"]["message"], (method, path)
+
+
+def test_the_projects_own_grant_through_the_front(front, bucket):
+    """shared.adapters.gcs.BucketIam (the provisioning adapter) grants and revokes a gateway's study
+    prefix through the enforcing front, and the grant means what it says."""
+    adapter = BucketIam(client=_client(front, "tok-owner"))
+    gw = _client(front, "tok-a")
+    adapter.grant_prefix_reader(bucket, GW_A, "fg-1/", listing=True)
+    assert [b.name for b in gw.list_blobs(bucket, prefix="fg-1/")] == ["fg-1/a.dcm"]
+    with pytest.raises(exceptions.Forbidden):
+        gw.bucket(bucket).blob("fg-2/b.dcm").download_as_bytes()
+    adapter.revoke_member(bucket, GW_A)
+    with pytest.raises(exceptions.Forbidden):
+        gw.bucket(bucket).blob("fg-1/a.dcm").download_as_bytes()
+    # A gateway cannot touch the policy (the adapter maps 403 to a retryable error: an operator can fix IAM).
+    with pytest.raises(TransientError, match="Forbidden"):
+        BucketIam(client=gw).grant_prefix_reader(bucket, GW_A, "fg-2/", listing=True)
