@@ -13,6 +13,13 @@ Bucket IAM (optionally proxying everything else to fake-gcs, so one client does 
     with BucketIamStandIn(upstream=emulator_url(svc)) as iam:
         client = iam.client("p")
         policy = client.bucket("b").get_iam_policy(requested_policy_version=3)
+
+Enforcing (``principal_of``: bearer token -> member): the stand-in is an authorising front that
+evaluates the bucket policies it holds, IAM conditions included, before relaying (issue 12 item 2;
+what it enforces and what it does not: docs/deployment.md, "Local stack: Cloud Storage IAM")::
+
+    front = BucketIamStandIn(upstream=..., principal_of=iam.principal_for_token,
+                             owners=["serviceAccount:harness@p.iam.gserviceaccount.com"])
 """
 from __future__ import annotations
 
@@ -24,12 +31,14 @@ import json
 import os
 import re
 import stat
+import logging
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
+from devstack import cel, gcs_access
 from devstack.processes import Service, free_port
 
 if TYPE_CHECKING:
@@ -37,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["fake_gcs_binary", "start_gcs", "emulator_url", "storage_client", "BucketIamStandIn", "EMPTY_POLICY_ETAG",
            "METHODS"]
+
+_log = logging.getLogger(__name__)
 
 EMPTY_POLICY_ETAG = "CAE="
 """The etag of a bucket whose policy was never set."""
@@ -93,10 +104,39 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
                "trailer", "upgrade"}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that drops its keep-alive connection (e.g. after a 401 it cannot refresh) is normal.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str, reason: str = "invalid") -> None:
+    def __init__(self, status: int, message: str, reason: str = "invalid",
+                 extra: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
+        self.status, self.message, self.reason, self.extra = status, message, reason, extra or {}
+
+    def body(self) -> dict[str, Any]:
+        """GCS's JSON error body."""
+        return {"error": {"code": self.status, "message": self.message,
+                          "errors": [{"message": self.message, "domain": "global", "reason": self.reason,
+                                      **self.extra}]}}
+
+
+def _denied(principal: Optional[str], need: gcs_access.Need) -> _HttpError:
+    """GCS's refusal of ``need``: 401 for an anonymous caller, 403 naming the caller otherwise."""
+    what = (f"{need.permission} access to the Google Cloud Storage {need.noun}. Permission "
+            f"'{need.permission}' denied on resource (or it may not exist).")
+    if principal is None:
+        return _HttpError(401, f"Anonymous caller does not have {what}", "required",
+                          {"locationType": "header", "location": "Authorization"})
+    return _HttpError(403, f"{gcs_access.caller_email(principal)} does not have {what}", "forbidden")
+
+
+_INVALID_CREDENTIALS = ("Invalid Credentials", "authError")
 
 
 class BucketIamStandIn:
@@ -110,12 +150,30 @@ class BucketIamStandIn:
     relayed there, so a single ``storage.Client`` serves objects and IAM. With ``member_check``
     (``IamStandIn.unusable_member``), a PUT naming a member IAM does not know yet (a service
     account created a moment ago: IAM is eventually consistent) gets 400 "... does not exist.".
+
+    With ``principal_of`` (bearer token -> member such as ``serviceAccount:EMAIL``, or None for a
+    token it does not accept) it enforces: every request is mapped to the permissions it needs
+    (:func:`devstack.gcs_access.required_access`), each is checked against the bucket's stored
+    policy, IAM conditions included (:mod:`devstack.cel`), and only then served or relayed; a
+    request it does not model is refused (403), never relayed. No Authorization header -> the
+    caller is anonymous (only ``allUsers`` bindings apply; else 401); a token ``principal_of``
+    refuses -> 401 "Invalid Credentials". ``owners`` hold every permission (like roles/owner on the
+    project: the test harness's identity; bucket create/list are project permissions, so only
+    they may do those). ``custom_roles`` maps full role names (``projects/P/roles/X``) to
+    permissions. Without ``principal_of`` nothing is checked (the stack's default until it
+    switches to enforcing).
     """
 
     def __init__(self, upstream: Optional[str] = None,
-                 member_check: Optional[Callable[[str], Optional[str]]] = None) -> None:
+                 member_check: Optional[Callable[[str], Optional[str]]] = None,
+                 principal_of: Optional[Callable[[str], Optional[str]]] = None,
+                 custom_roles: Optional[Mapping[str, Iterable[str]]] = None,
+                 owners: Iterable[str] = ()) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.member_check = member_check
+        self.principal_of = principal_of
+        self.owners = frozenset(owners)
+        self._roles: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in (custom_roles or {}).items()}
         self._lock = threading.Lock()
         self._etags = itertools.count(2)
         self._server: Optional[ThreadingHTTPServer] = None
@@ -127,7 +185,7 @@ class BucketIamStandIn:
     def start(self) -> "BucketIamStandIn":
         """Bind a free loopback port (port 0, so no race) and serve in a daemon thread."""
         if self._server is None:
-            self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+            self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
             self._server.daemon_threads = True
             self.port = self._server.server_address[1]
             self._thread = threading.Thread(target=self._server.serve_forever, name="bucket-iam-standin", daemon=True)
@@ -168,6 +226,12 @@ class BucketIamStandIn:
             return json.loads(json.dumps(self._policies))
 
     @property
+    def upload_sessions(self) -> int:
+        """How many resumable upload sessions this front authorised (and will continue)."""
+        with self._lock:
+            return len(self._uploads)
+
+    @property
     def calls(self) -> collections.Counter[str]:
         """Snapshot: ``getIamPolicy``/``setIamPolicy``/``testIamPermissions`` -> requests received
         (retries and injected failures included); relayed requests are not counted."""
@@ -188,7 +252,8 @@ class BucketIamStandIn:
             self._failures[method].extend([status] * times)
 
     def reset(self) -> None:
-        """Forget all policies, call counts and pending failures."""
+        """Forget all policies, call counts, pending failures and upload sessions; ``owners`` and
+        custom roles stay (they describe the project, not a test's state)."""
         with self._lock:
             self._clear()
 
@@ -196,6 +261,123 @@ class BucketIamStandIn:
         self._policies: dict[str, dict[str, Any]] = {}
         self._calls: collections.Counter[str] = collections.Counter()
         self._failures: dict[str, collections.deque[int]] = collections.defaultdict(collections.deque)
+        self._uploads: set[str] = set()
+
+    def define_role(self, name: str, permissions: Iterable[str]) -> None:
+        """Define (or replace) the custom role ``name`` (``projects/P/roles/X``)."""
+        with self._lock:
+            self._roles[name] = frozenset(permissions)
+
+    def seed_policy(self, bucket: str, policy: Mapping[str, Any]) -> None:
+        """Store ``policy`` (GCS JSON: ``bindings``, optional ``version``) for ``bucket`` as the
+        harness's setup of what infra/ grants: no member check, no call counted, no etag check."""
+        bindings = json.loads(json.dumps(list(policy.get("bindings") or [])))
+        version = int(policy.get("version") or (3 if _has_conditions({"bindings": bindings}) else 1))
+        with self._lock:
+            etag = base64.b64encode(next(self._etags).to_bytes(8, "big")).decode()
+            self._policies[bucket] = {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}",
+                                      "version": version, "bindings": bindings, "etag": etag}
+
+    # ---- authorisation (enforcing mode) ------------------------------------------------------
+    @property
+    def enforcing(self) -> bool:
+        """Whether requests are authorised (``principal_of`` given)."""
+        return self.principal_of is not None
+
+    def has_permission(self, principal: Optional[str], need: gcs_access.Need) -> bool:
+        """Whether ``principal`` (None: anonymous) holds ``need`` under the stored policy of its
+        bucket. A binding grants if a member names the caller, its role holds the permission, and
+        its condition (if any) evaluates to true; a condition that errors does not grant."""
+        if principal is not None and principal in self.owners:
+            return True
+        if need.bucket is None:
+            return False
+        with self._lock:
+            policy = self._policies.get(need.bucket)
+            bindings = json.loads(json.dumps(policy["bindings"])) if policy else []
+            roles = dict(self._roles)
+        activation: Optional[dict[str, Any]] = None
+        for binding in bindings:
+            if not any(gcs_access.member_matches(m, principal) for m in binding.get("members") or []):
+                continue
+            if not gcs_access.permission_in(need.permission, gcs_access.role_permissions(binding["role"], roles)):
+                continue
+            condition = binding.get("condition")
+            if not condition:
+                return True
+            activation = activation if activation is not None else need.activation()
+            if cel.grants(condition.get("expression") or "", activation):
+                return True
+            if _log.isEnabledFor(logging.DEBUG):
+                # The title and the permission only: no token, no member.
+                _log.debug("condition %r did not grant %s", condition.get("title"), need.permission)
+        return False
+
+    def _principal(self, authorization: Optional[str]) -> Optional[str]:
+        """The caller: None if anonymous (no Authorization header); 401 if the token is refused."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        principal = self.principal_of(token.strip()) if scheme.lower() == "bearer" and token.strip() \
+            and self.principal_of is not None else None
+        if not principal:
+            raise _HttpError(401, *_INVALID_CREDENTIALS, {"locationType": "header", "location": "Authorization"})
+        return principal
+
+    def _object_exists(self, bucket: str, name: str) -> bool:
+        """Whether ``bucket``/``name`` exists upstream (a metadata GET, not authorised: the front's
+        own look-up for the overwrite rule)."""
+        if self.upstream is None:
+            return False
+        target = urllib.parse.urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        try:
+            conn.request("GET", f"/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o/"
+                                f"{urllib.parse.quote(name, safe='')}?fields=name")
+            resp = conn.getresponse()
+            resp.read()
+        except OSError:
+            raise _HttpError(503, "Backend Error (the GCS emulator did not answer)", "backendError") from None
+        finally:
+            conn.close()
+        if resp.status == 200:
+            return True
+        if resp.status == 404:
+            return False
+        raise _HttpError(503, f"Backend Error (the GCS emulator answered {resp.status})", "backendError")
+
+    def authorise(self, method: str, path: str, query: dict[str, list[str]], headers: Mapping[str, str],
+                  body: bytes) -> tuple[gcs_access.Access, Optional[str]]:
+        """Check a request; returns what it is and who the caller is, or raises the GCS error."""
+        try:
+            access = gcs_access.required_access(method, path, query, headers, body)
+        except gcs_access.NotModelled as e:
+            raise _HttpError(403, str(e), "forbidden") from None
+        except gcs_access.BadRequest as e:
+            raise _HttpError(400, str(e), "invalid") from None
+        if access.upload_id is not None:
+            # GCS: the session URI is the credential; only sessions this front authorised exist here.
+            with self._lock:
+                known = access.upload_id in self._uploads
+            if not known:
+                raise _HttpError(403, f"The resumable upload session {access.upload_id} was not started through "
+                                      "this front (not modelled by the local stack).", "forbidden")
+            return access, None
+        authorization = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
+        principal = self._principal(authorization)
+        for need in access.needs:
+            if self.has_permission(principal, need):
+                continue
+            if need.if_exists and not self._object_exists(need.bucket or "", need.object or ""):
+                continue
+            raise _denied(principal, need)
+        return access, principal
+
+    def permitted(self, principal: Optional[str], bucket: str, permissions: list[str]) -> list[str]:
+        """The subset of ``permissions`` the caller holds on the bucket (checked on the bucket
+        resource, no list prefix, as GCS's testIamPermissions does)."""
+        return [p for p in permissions if p in gcs_access.KNOWN_PERMISSIONS
+                and self.has_permission(principal, gcs_access.Need(p, bucket))]
 
     # ---- the API ---------------------------------------------------------------------------
     def _enter(self, method: str) -> None:
@@ -245,9 +427,12 @@ class BucketIamStandIn:
             self._policies[bucket] = policy
             return json.loads(json.dumps(policy))
 
-    def test_permissions(self, bucket: str, permissions: list[str]) -> dict[str, Any]:
-        """Every requested permission is granted."""
+    def test_permissions(self, bucket: str, permissions: list[str], principal: Optional[str] = None) -> dict[str, Any]:
+        """Not enforcing: every requested permission is granted. Enforcing: only those
+        ``principal`` holds (GCS's testIamPermissions needs no permission itself)."""
         self._enter("testIamPermissions")
+        if self.enforcing:
+            permissions = self.permitted(principal, bucket, permissions)
         return {"kind": "storage#testIamPermissionsResponse", "permissions": permissions}
 
     @staticmethod
@@ -311,12 +496,17 @@ class BucketIamStandIn:
                 body = self._body()
                 m = _IAM_PATH.match(parsed.path)
                 try:
+                    query = urllib.parse.parse_qs(parsed.query)
+                    access, principal = None, None
+                    if standin.enforcing:
+                        access, principal = standin.authorise(self.command, parsed.path, query,
+                                                              dict(self.headers.items()), body)
                     if m is None:
-                        self._relay(body)
+                        self._relay(body, access)
                         return
-                    bucket, query = urllib.parse.unquote(m.group(1)), urllib.parse.parse_qs(parsed.query)
+                    bucket = urllib.parse.unquote(m.group(1))
                     if m.group(2) and self.command == "GET":
-                        self._json(200, standin.test_permissions(bucket, query.get("permissions", [])))
+                        self._json(200, standin.test_permissions(bucket, query.get("permissions", []), principal))
                     elif not m.group(2) and self.command == "GET":
                         version = int(query.get("optionsRequestedPolicyVersion", ["1"])[0])
                         self._json(200, standin.get_policy(bucket, version))
@@ -331,11 +521,9 @@ class BucketIamStandIn:
                     else:
                         raise _HttpError(405, f"{self.command} is not allowed on {parsed.path}.")
                 except _HttpError as e:
-                    self._json(e.status, {"error": {"code": e.status, "message": e.message,
-                                                    "errors": [{"domain": "global", "reason": e.reason,
-                                                                "message": e.message}]}})
+                    self._json(e.status, e.body())
 
-            def _relay(self, body: bytes) -> None:
+            def _relay(self, body: bytes, access: Optional[gcs_access.Access]) -> None:
                 if standin.upstream is None:
                     raise _HttpError(404, f"Not Found (no upstream for {self.path})", "notFound")
                 target = urllib.parse.urlsplit(standin.upstream)
@@ -345,7 +533,20 @@ class BucketIamStandIn:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
-                    kept = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+                    kept = []
+                    for k, v in resp.getheaders():
+                        if k.lower() in _HOP_BY_HOP:
+                            continue
+                        if k.lower() == "location" and v.startswith(standin.upstream):
+                            # fake-gcs-server names itself in a resumable session URI: keep the
+                            # client on this front, and remember the session it authorised.
+                            v = standin.url + v[len(standin.upstream):]
+                            if access is not None and access.starts_upload and resp.status < 300:
+                                upload_id = urllib.parse.parse_qs(urllib.parse.urlsplit(v).query).get("upload_id")
+                                if upload_id:
+                                    with standin._lock:
+                                        standin._uploads.add(upload_id[0])
+                        kept.append((k, v))
                     self._send(resp.status, data, kept)
                 finally:
                     conn.close()
