@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from google.cloud import pubsub_v1
     from google.oauth2 import service_account
 
-__all__ = ["IamStandIn", "EMPTY_POLICY_ETAG", "ACCOUNT_ID_RE", "METHODS", "GOOGLE_TOKEN_AUDIENCE", "CLOUD_PLATFORM_SCOPE"]
+__all__ = ["IamStandIn", "HARNESS_PROJECT", "EMPTY_POLICY_ETAG", "ACCOUNT_ID_RE", "METHODS", "GOOGLE_TOKEN_AUDIENCE", "CLOUD_PLATFORM_SCOPE"]
 
 ACCOUNT_ID_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])$")
 """Service account ids: 6-30 characters, lower-case letters, digits and dashes."""
@@ -87,6 +87,15 @@ _CLOCK_SKEW = 60  # seconds of clock difference tolerated on iat (and on exp of 
 _MAX_TOKEN_BODY = 64 * 1024
 _TIMEFRAME = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
               "Check your iat and exp values in the JWT claim.")
+
+HARNESS_PROJECT = "archsync-local"
+"""The project of the local stack's own identities (the test owner, the functions' runtime
+accounts): :meth:`IamStandIn.reset` keeps them and the snapshots leave them out."""
+
+
+def _is_harness(email: str) -> bool:
+    return email.endswith(f"@{HARNESS_PROJECT}.iam.gserviceaccount.com")
+
 
 _ADMIN_SERVICE = "google.iam.admin.v1.IAM"
 _POLICY_SERVICE = "google.iam.v1.IAMPolicy"
@@ -312,17 +321,20 @@ class IamStandIn:
     # ---- inspection and control ------------------------------------------------------------
     @property
     def service_accounts(self) -> dict[str, iam.ServiceAccount]:
-        """Snapshot: email -> ServiceAccount."""
+        """Snapshot: email -> ServiceAccount (the local stack's own identities left out: see
+        :data:`HARNESS_PROJECT`)."""
         with self._lock:
-            return {email: _copy(sa) for email, sa in self._accounts.items()}
+            return {email: _copy(sa) for email, sa in self._accounts.items() if not _is_harness(email)}
 
     @property
     def keys(self) -> dict[str, list[str]]:
-        """Snapshot: email -> key resource names (only accounts that have keys)."""
+        """Snapshot: email -> key resource names (only accounts that have keys; the local
+        stack's own identities left out)."""
         with self._lock:
             out: dict[str, list[str]] = {}
             for key in self._keys.values():
-                out.setdefault(key.email, []).append(key.key.name)
+                if not _is_harness(key.email):
+                    out.setdefault(key.email, []).append(key.key.name)
             return out
 
     @property
@@ -352,9 +364,15 @@ class IamStandIn:
             self._failures[method].extend([code] * times)
 
     def reset(self) -> None:
-        """Forget all service accounts, keys, policies, issued tokens, call counts and pending failures."""
+        """Forget all service accounts, keys, policies, issued tokens, call counts and pending
+        failures, except the local stack's own identities (accounts of :data:`HARNESS_PROJECT`,
+        their keys and tokens): they are made once per run, not per test."""
         with self._lock:
+            keep = ({e: a for e, a in self._accounts.items() if _is_harness(e)},
+                    {n: k for n, k in self._keys.items() if _is_harness(k.email)},
+                    {t: i for t, i in self._issued.items() if _is_harness(i.email)})
             self._clear()
+            self._accounts, self._keys, self._issued = keep
 
     def unusable_member(self, member: str) -> Optional[str]:
         """Why a policy may not name ``member`` yet (its service account was created less than

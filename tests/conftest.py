@@ -23,7 +23,7 @@ from tests.support import AdminAuth, FakeClock, RecordingBus, T0  # noqa: E402
 def emulators(tmp_path_factory) -> Iterator[dict]:
     """Firestore and Pub/Sub emulators, fake-gcs-server, and the IAM and bucket-IAM stand-ins."""
     from devstack.gcs import BucketIamStandIn, emulator_url, start_gcs
-    from devstack.iam_standin import IamStandIn
+    from devstack.iam_standin import HARNESS_PROJECT, IamStandIn
 
     log_dir = tmp_path_factory.mktemp("emulator-logs")
     fs = processes.start_firestore(log_dir)
@@ -33,13 +33,20 @@ def emulators(tmp_path_factory) -> Iterator[dict]:
     # account becomes usable in IAM policies 1 s after its creation (production: seconds, up to a
     # minute and more). Its token endpoint (iam.token_url) is every minted key's token_uri.
     iam = IamStandIn(key_bits=1024, propagation_seconds=1.0).start()
-    bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member).start()
+    # Cloud Storage as strict as production (issue 12 item 2): every request, the tests' own
+    # included, goes through the authorising front with a bearer token from the IAM stand-in.
+    # The tests' set-up identity (buckets, the platform's study files) is an owner, like a
+    # project owner; the functions and agents get only what infra/ and provisioning grant them.
+    owner = iam.credentials(HARNESS_PROJECT, "test-owner")
+    bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member,
+                                  principal_of=iam.principal_for_token,
+                                  owners=[f"serviceAccount:{owner.service_account_email}"]).start()
     os.environ["FIRESTORE_EMULATOR_HOST"] = fs.host
     os.environ["PUBSUB_EMULATOR_HOST"] = ps.host
-    os.environ["STORAGE_EMULATOR_HOST"] = emulator_url(gcs)
+    os.environ["STORAGE_EMULATOR_HOST"] = bucket_iam.url
     try:
-        yield {"firestore": fs.host, "pubsub": ps.host, "gcs": emulator_url(gcs), "iam": iam, "bucket_iam": bucket_iam,
-               "log_dir": log_dir}
+        yield {"firestore": fs.host, "pubsub": ps.host, "gcs": bucket_iam.url, "iam": iam, "bucket_iam": bucket_iam,
+               "owner": owner, "log_dir": log_dir}
     finally:
         bucket_iam.stop()
         iam.stop()
@@ -72,7 +79,7 @@ class Stack:
         self.emulators = emulators
         self.db = firestore.Client(project=project)
         self.store = FirestoreAdminStore(self.db)
-        self.gcs = storage.Client(project=project)
+        self.gcs = storage.Client(project=project, credentials=emulators["owner"])
         self.key_bucket, self.objects_bucket = f"keys-{project}", f"objects-{project}"
         self.study_bucket = f"studies-{project}"  # the platform's study files: <facility_group_id>/<study>/...
         for b in (self.key_bucket, self.objects_bucket, self.study_bucket):
