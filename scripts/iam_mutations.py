@@ -35,8 +35,9 @@ DEFAULT_TESTS = ("tests/unit tests/integration/test_provisioning.py tests/integr
 class Mutation:
     name: str
     path: str  # relative to the repo
-    old: str  # the exact text removed or replaced (must occur once)
+    old: str  # the text removed or replaced
     new: str = ""
+    at: int = -1  # where ``old`` starts in the file; -1: it must occur exactly once
 
 
 def _block_end(text: str, start: int) -> int:
@@ -63,7 +64,8 @@ def infra_mutations(root: Path) -> list[Mutation]:
         text = tf.read_text()
         rel = str(tf.relative_to(root))
         for m in re.finditer(r'^resource "(google_\w+_iam_(?:member|binding|policy))" "(\w+)" \{', text, re.M):
-            out.append(Mutation(f"infra {m.group(1)}.{m.group(2)}", rel, text[m.start():_block_end(text, m.start())]))
+            out.append(Mutation(f"infra {m.group(1)}.{m.group(2)}", rel, text[m.start():_block_end(text, m.start())],
+                                at=m.start()))
         # Role lists: project_roles of each function, and the provisioners' extra project roles.
         for m in re.finditer(r'^(\s*)(project_roles|gateway_provisioning_project_roles)\s*=\s*\[([^\]]*)\]', text, re.M):
             owner = _enclosing_key(text, m.start()) if m.group(2) == "project_roles" else "provisioners"
@@ -71,7 +73,7 @@ def infra_mutations(root: Path) -> list[Mutation]:
                 line = m.group(0)
                 kept = [r for r in re.findall(r'"[^"]+"', m.group(3)) if r != f'"{role}"']
                 new = line[:line.index("[") + 1] + ", ".join(kept) + "]"
-                out.append(Mutation(f"infra project role {role} of {owner}", rel, line, new))
+                out.append(Mutation(f"infra project role {role} of {owner}", rel, line, new, at=m.start()))
     return out
 
 
@@ -106,9 +108,10 @@ CODE_MUTATIONS = [
 def run(mutation: Mutation, scratch: Path, tests: str) -> tuple[bool, str, float]:
     target = scratch / mutation.path
     original = target.read_text()
-    if original.count(mutation.old) != 1:
-        return False, f"mutation text found {original.count(mutation.old)} times (script out of date)", 0.0
-    target.write_text(original.replace(mutation.old, mutation.new))
+    at = mutation.at if mutation.at >= 0 else original.find(mutation.old)
+    if original[at:at + len(mutation.old)] != mutation.old or (mutation.at < 0 and original.count(mutation.old) != 1):
+        return False, "mutation text not found once (script out of date)", 0.0
+    target.write_text(original[:at] + mutation.new + original[at + len(mutation.old):])
     started = time.monotonic()
     try:
         proc = subprocess.run([str(scratch / ".venv/bin/python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
@@ -135,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
-        (scratch / ".venv").symlink_to(REPO / ".venv")
+        for venv in (".venv", ".venv-checkov"):
+            if (REPO / venv).exists():
+                (scratch / venv).symlink_to((REPO / venv).resolve())
+        # The unmutated copy must pass the same tests, or every RED below means nothing.
+        baseline = run(Mutation("baseline", "README.md", "", at=0), scratch, args.tests)
+        print(f"{'BASELINE FAILS' if baseline[0] else 'baseline green'} {baseline[2]:6.0f} s  {baseline[1]}", flush=True)
+        if baseline[0]:
+            return 2
         green = 0
         for m in mutations:
             red, why, secs = run(m, scratch, args.tests)
