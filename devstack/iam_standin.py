@@ -559,9 +559,13 @@ class IamStandIn:
         """(PKCS#8 private key PEM, self-signed X.509 certificate PEM, public key PEM)."""
         private = rsa.generate_private_key(public_exponent=65537, key_size=self.key_bits)
         now = datetime.datetime.now(datetime.timezone.utc)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email)])
+        # A common name has at most 64 characters (RFC 5280 ub-common-name) and an email can be
+        # longer (30-character account id and project id): the CN is the account id, the email
+        # is in the subjectAltName.
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email.split("@", 1)[0][:64])])
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
                 .public_key(private.public_key()).serial_number(x509.random_serial_number())
+                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
                 .not_valid_before(now).not_valid_after(_FOREVER).sign(private, hashes.SHA256()))
         return (
             private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -34,13 +34,23 @@ class Settings:
     # IAM Admin and IAMPolicy APIs, and the base URL of a bucket-IAM stand-in.
     iam_emulator_host: str = ""
     storage_iam_emulator_host: str = ""
+    # The function these settings are for (its entry point's NAME): picks its runtime identity.
+    function_name: str = ""
+    # Local stack only: a directory of JSON keys, <function_name>.json, of each function's own
+    # runtime service account (infra/iam.tf google_service_account.function), so the functions
+    # call storage as themselves, as in production, and the local bucket IAM front can refuse
+    # what infra/ does not grant them (issue 12 item 2; docs/deployment.md). Empty: production
+    # (the runtime service account through the metadata server), or anonymous on a storage emulator.
+    local_credentials_dir: str = ""
+    storage_emulator_host: str = ""  # STORAGE_EMULATOR_HOST, read by google-cloud-storage too
 
     @property
     def timeout_policy(self) -> TimeoutPolicy:
         return TimeoutPolicy(self.dispatch_grace_seconds, self.attempt_allowance_seconds)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "Settings":
+    def from_env(cls, env: Mapping[str, str], function: str = "") -> "Settings":
+        """``function``: the entry point's NAME (its runtime identity, infra/functions.tf)."""
         project = env.get("ARCHSYNC_PROJECT_ID") or env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCP_PROJECT")
         if not project:
             raise RuntimeError("ARCHSYNC_PROJECT_ID (or GOOGLE_CLOUD_PROJECT) is not set")
@@ -69,6 +79,9 @@ class Settings:
             admin_jwt_issuer=env.get("ARCHSYNC_ADMIN_JWT_ISSUER", ""),
             iam_emulator_host=env.get("ARCHSYNC_IAM_EMULATOR_HOST", ""),
             storage_iam_emulator_host=env.get("ARCHSYNC_STORAGE_IAM_EMULATOR_HOST", ""),
+            function_name=function,
+            local_credentials_dir=env.get("ARCHSYNC_LOCAL_CREDENTIALS_DIR", ""),
+            storage_emulator_host=env.get("STORAGE_EMULATOR_HOST", ""),
         )
 
 
@@ -100,4 +113,5 @@ ENV_VARS = (
     "ARCHSYNC_ADMIN_JWT_ISSUER",
 )
 # Read by Settings.from_env but only ever set locally: never declared in infra/.
-LOCAL_ONLY_ENV_VARS = ("ARCHSYNC_IAM_EMULATOR_HOST", "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST")
+LOCAL_ONLY_ENV_VARS = ("ARCHSYNC_IAM_EMULATOR_HOST", "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST",
+                       "ARCHSYNC_LOCAL_CREDENTIALS_DIR", "STORAGE_EMULATOR_HOST")

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import functools
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from .clock import SystemClock
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+
+# The scope Cloud Functions' runtime identities get from the metadata server; what a function may
+# do is decided by IAM (the roles infra/iam.tf grants its service account), not by the scope.
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 @functools.lru_cache(maxsize=4)
@@ -36,6 +46,40 @@ def dead_letter(settings: Settings, function_name: str):
     return DeadLetter(pubsub_bus(settings), settings.dead_letter_topic, function_name)
 
 
+# -- the function's own identity for Cloud Storage (issue 12 item 2) -------------------------------
+@functools.lru_cache(maxsize=4)
+def storage_credentials(settings: Settings) -> "Credentials":
+    """The credentials every storage client of this function uses: its runtime service account.
+
+    Production: application default credentials, i.e. the function's runtime service account
+    (infra/iam.tf google_service_account.function) through the metadata server. Locally, with
+    ARCHSYNC_LOCAL_CREDENTIALS_DIR: that account's JSON key <dir>/<function>.json, so requests
+    carry the same identity and the local bucket IAM front applies what infra/ grants it
+    (docs/deployment.md). A storage emulator without a key directory: anonymous, as before."""
+    if settings.local_credentials_dir:
+        if not settings.function_name:
+            raise RuntimeError("ARCHSYNC_LOCAL_CREDENTIALS_DIR needs the function's name (Settings.from_env(function=...))")
+        from google.oauth2 import service_account
+
+        key = Path(settings.local_credentials_dir) / f"{settings.function_name}.json"
+        return service_account.Credentials.from_service_account_file(str(key), scopes=[CLOUD_PLATFORM_SCOPE])
+    if settings.storage_emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+    import google.auth
+
+    return google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])[0]
+
+
+@functools.lru_cache(maxsize=4)
+def storage_client(settings: Settings) -> Any:
+    """The function's google-cloud-storage client (STORAGE_EMULATOR_HOST, if set, picks the endpoint)."""
+    from google.cloud import storage
+
+    return storage.Client(project=settings.project_id, credentials=storage_credentials(settings))
+
+
 # -- admin API, provisioning and keys (issue 3) ------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def key_vault(settings: Settings):
@@ -43,7 +87,7 @@ def key_vault(settings: Settings):
 
     if not settings.key_bucket:
         raise RuntimeError("ARCHSYNC_KEY_BUCKET is not set")
-    return KeyVault(settings.key_bucket)
+    return KeyVault(settings.key_bucket, client_factory=lambda: storage_client(settings))
 
 
 def secret_store(settings: Settings):
@@ -89,14 +133,16 @@ def pubsub_admin(settings: Settings):
 def bucket_iam(settings: Settings):
     from .adapters.gcs import BucketIam
 
-    client = None
-    if settings.storage_iam_emulator_host:
-        from google.auth.credentials import AnonymousCredentials
+    def client() -> Any:
+        if not settings.storage_iam_emulator_host:
+            return storage_client(settings)
         from google.cloud import storage
 
-        client = storage.Client(project=settings.project_id, credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": settings.storage_iam_emulator_host})
-    return BucketIam(client)
+        # The bucket-IAM stand-in, with the function's own credentials like every storage request.
+        return storage.Client(project=settings.project_id, credentials=storage_credentials(settings),
+                              client_options={"api_endpoint": settings.storage_iam_emulator_host})
+
+    return BucketIam(client_factory=client)
 
 
 def provisioner(settings: Settings):
@@ -137,7 +183,7 @@ def object_store(settings: Settings):
 
     if not settings.objects_bucket:
         raise RuntimeError("ARCHSYNC_OBJECTS_BUCKET is not set")
-    return ObjectStore(settings.objects_bucket)
+    return ObjectStore(settings.objects_bucket, client_factory=lambda: storage_client(settings))
 
 
 def followups(settings: Settings):

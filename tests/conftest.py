@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devstack import processes  # noqa: E402
-from tests.support import AdminAuth, FakeClock, RecordingBus, T0  # noqa: E402
+from tests.support import AdminAuth, FakeClock, RecordingBus, T0, write_function_keys  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +152,23 @@ def function_env(project_id, emulators, monkeypatch) -> str:
     monkeypatch.setenv("ARCHSYNC_IAM_EMULATOR_HOST", emulators["iam"].address)
     monkeypatch.setenv("ARCHSYNC_STORAGE_IAM_EMULATOR_HOST", emulators["bucket_iam"].url)
     return project_id
+
+
+@pytest.fixture
+def function_token_uri() -> Optional[str]:
+    """Where the functions' keys get access tokens (None: the token_uri the IAM stand-in wrote).
+    A test module may override this fixture."""
+    return None
+
+
+@pytest.fixture
+def function_identities(function_env, emulators, tmp_path, monkeypatch, function_token_uri) -> dict[str, Path]:
+    """Opt-in: the entry points run as their own runtime service accounts (infra's account ids),
+    with keys made through the IAM stand-in (ARCHSYNC_LOCAL_CREDENTIALS_DIR). Function -> key file."""
+    keys = write_function_keys(emulators["iam"].iam_client(), function_env, tmp_path / "function-keys",
+                               token_uri=function_token_uri)
+    monkeypatch.setenv("ARCHSYNC_LOCAL_CREDENTIALS_DIR", str(tmp_path / "function-keys"))
+    return keys
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ install_json_errors(functions_framework.errorhandler, NAME)  # the framework's o
 @functions_framework.http
 def admin_api(request):
     def handle():
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ, function=NAME)
         return dispatch(lambda: wiring.admin_service(settings), wiring.jwt_verifier(settings), request.method,
                         request.path, request.headers, request.get_data(cache=False), request.args)
 

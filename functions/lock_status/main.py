@@ -26,7 +26,7 @@ def lock_status(request):
         if not match:
             raise HttpError(400, "bad_path", "expected /v1/facility-groups/{facility_group_id}/exams/{exam_id}/lock")
         require_content(request.headers.get("Content-Type"), request.get_data(cache=False), ())
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ, function=NAME)
         status = LockService(wiring.firestore_store(settings)).status(*match.groups())
         return json_response({
             "facility_group_id": status.facility_group_id,

@@ -15,7 +15,7 @@ NAME = "on_exam_status_changed"
 
 @functions_framework.cloud_event
 def on_exam_status_changed(cloud_event) -> None:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_env(os.environ, function=NAME)
     store = wiring.firestore_store(settings)
     service = ArchiveTriggerService(store, store, wiring.job_publisher(settings), SystemClock(), settings.timeout_policy)
     run_pubsub(cloud_event, contracts.EXAM_STATUS_CHANGED, lambda p: service.handle(exam_status_changed(p)),

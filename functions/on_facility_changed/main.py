@@ -13,6 +13,6 @@ NAME = "on_facility_changed"
 
 @functions_framework.cloud_event
 def on_facility_changed(cloud_event) -> None:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_env(os.environ, function=NAME)
     service = wiring.facility_sync_service(settings)
     run_pubsub(cloud_event, contracts.FACILITY_CHANGED, service.handle, wiring.dead_letter(settings, NAME))

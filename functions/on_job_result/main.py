@@ -23,7 +23,7 @@ def on_job_result(request):
             raise HttpError(413, "too_large", "result body too large")
         body = request.get_data(cache=False)
         require_content(request.headers.get("Content-Type"), body, (JSON,))
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ, function=NAME)
         service = ResultService(wiring.firestore_store(settings), wiring.secret_store(settings), SystemClock(),
                                 settings.timeout_policy, settings.signature_max_skew_seconds,
                                 followups=lambda: wiring.followups(settings))

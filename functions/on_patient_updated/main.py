@@ -13,7 +13,7 @@ NAME = "on_patient_updated"
 
 @functions_framework.cloud_event
 def on_patient_updated(cloud_event) -> None:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_env(os.environ, function=NAME)
     service = wiring.patient_update_service(settings)
     run_pubsub(cloud_event, contracts.PATIENT_UPDATED, lambda p: service.handle(patient_updated(p)),
                wiring.dead_letter(settings, NAME))

@@ -13,7 +13,7 @@ NAME = "on_study_changed"
 
 @functions_framework.cloud_event
 def on_study_changed(cloud_event) -> None:
-    settings = Settings.from_env(os.environ)
+    settings = Settings.from_env(os.environ, function=NAME)
     service = wiring.study_change_service(settings)
     run_pubsub(cloud_event, contracts.STUDY_CHANGED, lambda p: service.handle(study_changed(p)),
                wiring.dead_letter(settings, NAME))

@@ -19,7 +19,7 @@ def sweep_jobs(request):
         if request.method != "POST":
             raise HttpError(405, "method_not_allowed", "POST to run a sweep", headers={"Allow": "POST"})
         require_content(request.headers.get("Content-Type"), request.get_data(cache=False), ())
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ, function=NAME)
         store = wiring.firestore_store(settings)
         report = SweepService(store, store, wiring.job_publisher(settings), SystemClock(), settings.sweep_batch_size,
                               provisioner=wiring.provisioner(settings), followups=wiring.followups(settings)).run()

@@ -22,18 +22,22 @@ OBJECT_READER = "roles/storage.objectViewer"
 
 
 class _Storage:
-    """A google-cloud-storage client created on first use (never at import)."""
+    """A google-cloud-storage client, given or made by ``client_factory`` on first use (never at
+    import). The adapters never build one themselves: the entry point's wiring does, with the
+    function's own runtime identity (shared/wiring.py storage_credentials)."""
 
-    def __init__(self, client: Optional[Any] = None):
+    def __init__(self, client: Optional[Any] = None, *, client_factory: Optional[Callable[[], Any]] = None):
+        if client is None and client_factory is None:
+            raise ValueError("a storage client or client_factory is required")
         self._client = client
+        self._client_factory = client_factory
         self.calls = 0
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            from google.cloud import storage
-
-            self._client = storage.Client()
+            assert self._client_factory is not None
+            self._client = self._client_factory()
         return self._client
 
 
@@ -45,8 +49,9 @@ class KeyVault(_Storage):
     used evicted first, each for ``cache_seconds``; a missing object is cached too, so a flood of
     callbacks naming an unknown gateway costs one read per name and period, not one per request."""
 
-    def __init__(self, bucket: str, client: Optional[Any] = None, cache_seconds: float = 60.0, cache_entries: int = 1024):
-        super().__init__(client)
+    def __init__(self, bucket: str, client: Optional[Any] = None, cache_seconds: float = 60.0, cache_entries: int = 1024,
+                 *, client_factory: Optional[Callable[[], Any]] = None):
+        super().__init__(client, client_factory=client_factory)
         self._bucket_name = bucket
         self._cache: OrderedDict[str, tuple[float, Optional[bytes]]] = OrderedDict()
         self._lock = threading.Lock()
@@ -218,8 +223,9 @@ class BucketIam(_Storage):
     redone after a jittered backoff; a member IAM does not know yet (a service account created a
     moment ago) is retried for a bounded time too (issue 11 item 8; shared.adapters.retrying)."""
 
-    def __init__(self, client: Optional[Any] = None, retries: Mapping[str, Backoff] = POLICY_RETRIES):
-        super().__init__(client)
+    def __init__(self, client: Optional[Any] = None, retries: Mapping[str, Backoff] = POLICY_RETRIES,
+                 *, client_factory: Optional[Callable[[], Any]] = None):
+        super().__init__(client, client_factory=client_factory)
         self._retries = retries
 
     def _update(self, bucket: str, change: Callable[[Any], bool], retries: Mapping[str, Backoff]) -> None:
@@ -278,8 +284,8 @@ class ObjectStore(_Storage):
     bucket, each under the prefix of the gateway that will read it: its service account may read
     nothing else (docs/admin-api.md)."""
 
-    def __init__(self, bucket: str, client: Optional[Any] = None):
-        super().__init__(client)
+    def __init__(self, bucket: str, client: Optional[Any] = None, *, client_factory: Optional[Callable[[], Any]] = None):
+        super().__init__(client, client_factory=client_factory)
         self._bucket_name = bucket
 
     @property

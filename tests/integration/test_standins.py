@@ -137,6 +137,20 @@ def test_account_id_bounds_are_inclusive(iam: IamStandIn, iam_client: iam_admin_
 
 
 # ---- IAM: keys --------------------------------------------------------------------------------------
+def test_key_for_an_email_longer_than_a_certificate_common_name(iam: IamStandIn,
+                                                                 iam_client: iam_admin_v1.IAMClient) -> None:
+    # 30-character account id: the email (68 characters here) exceeds the 64 of an X.509 CN.
+    sa = _create_sa(iam_client, "a" * 30)
+    key = iam_client.create_service_account_key(name=sa.name)
+    assert json.loads(key.private_key_data)["client_email"] == sa.email
+    got = iam_client.get_service_account_key(
+        request={"name": key.name, "public_key_type": iam_admin_v1.ServiceAccountPublicKeyType.TYPE_X509_PEM_FILE})
+    cert = load_pem_x509_certificate(got.public_key_data)
+    from cryptography import x509
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.RFC822Name) == [sa.email]
+
+
 def test_service_account_keys(iam: IamStandIn, iam_client: iam_admin_v1.IAMClient) -> None:
     sa = _create_sa(iam_client)
     key = iam_client.create_service_account_key(name=f"projects/-/serviceAccounts/{sa.email}")
