@@ -34,6 +34,7 @@ import stat
 import logging
 import threading
 import urllib.parse
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
@@ -111,6 +112,17 @@ class _QuietServer(ThreadingHTTPServer):
 
         if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             super().handle_error(request, client_address)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One permission check of the authorising front: who (None: anonymous), what, on what."""
+
+    principal: Optional[str]
+    permission: str
+    bucket: str
+    object: Optional[str]
+    allowed: bool
 
 
 class _HttpError(Exception):
@@ -260,6 +272,7 @@ class BucketIamStandIn:
     def _clear(self) -> None:
         self._policies: dict[str, dict[str, Any]] = {}
         self._calls: collections.Counter[str] = collections.Counter()
+        self._decisions: collections.deque[Decision] = collections.deque(maxlen=10_000)
         self._failures: dict[str, collections.deque[int]] = collections.defaultdict(collections.deque)
         self._uploads: set[str] = set()
 
@@ -367,11 +380,23 @@ class BucketIamStandIn:
         principal = self._principal(authorization)
         for need in access.needs:
             if self.has_permission(principal, need):
+                self._decided(principal, need, True)
                 continue
             if need.if_exists and not self._object_exists(need.bucket or "", need.object or ""):
                 continue
+            self._decided(principal, need, False)
             raise _denied(principal, need)
         return access, principal
+
+    def _decided(self, principal: Optional[str], need: gcs_access.Need, allowed: bool) -> None:
+        with self._lock:
+            self._decisions.append(Decision(principal, need.permission, need.bucket or "", need.object, allowed))
+
+    @property
+    def decisions(self) -> list["Decision"]:
+        """Snapshot: the last checks made (oldest first; bounded), for tests to see who did what."""
+        with self._lock:
+            return list(self._decisions)
 
     def permitted(self, principal: Optional[str], bucket: str, permissions: list[str]) -> list[str]:
         """The subset of ``permissions`` the caller holds on the bucket (checked on the bucket

@@ -19,9 +19,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import hcl2
+
+if TYPE_CHECKING:
+    from devstack.gcs import BucketIamStandIn
+    from devstack.iam_standin import IamStandIn
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 
@@ -241,17 +245,20 @@ def service_account_email(function: str, project: str, infra: Path = INFRA) -> s
     return f"{function_accounts(infra)[function]}@{project}.{SA_DOMAIN}"
 
 
-def bucket_policies(project: str, buckets: Mapping[str, str], infra: Path = INFRA) -> dict[str, dict]:
+def bucket_policies(project: str, buckets: Mapping[str, str], infra: Path = INFRA,
+                    accounts_project: Optional[str] = None) -> dict[str, dict]:
     """Bucket name -> the GCS-format policy (version 3) infra/ grants the functions on it.
 
     ``buckets`` maps each bucket key ("keys", "generated", "study") to the local bucket's name;
-    a grant on a bucket not named there raises ValueError (it would otherwise be dropped)."""
+    a grant on a bucket not named there raises ValueError (it would otherwise be dropped).
+    ``accounts_project``: the project of the functions' service accounts, if not ``project``
+    (the local stack makes them once per run in its own project)."""
     accounts = function_accounts(infra)
     grouped: dict[str, dict[tuple[str, Optional[str], Optional[str]], set[str]]] = {}
     for g in bucket_grants(infra):
         if g.bucket_key not in buckets:
             raise ValueError(f"{g.resource}: no local bucket given for {g.bucket_key!r}")
-        member = f"serviceAccount:{accounts[g.function]}@{project}.{SA_DOMAIN}"
+        member = f"serviceAccount:{accounts[g.function]}@{accounts_project or project}.{SA_DOMAIN}"
         key = (g.role_in(project), g.condition, g.condition_title)
         grouped.setdefault(buckets[g.bucket_key], {}).setdefault(key, set()).add(member)
     policies: dict[str, dict] = {}
@@ -264,3 +271,34 @@ def bucket_policies(project: str, buckets: Mapping[str, str], infra: Path = INFR
             out.append(binding)
         policies[bucket] = {"version": 3, "bindings": out}
     return policies
+
+
+# -- the local stack ---------------------------------------------------------------------------------
+
+def write_function_keys(iam: "IamStandIn", directory: Path) -> dict[str, Path]:
+    """Each function's runtime service account (infra's account id) in the local stack's own
+    project, with a key from the IAM stand-in (its token_uri is the stand-in's token endpoint),
+    written to <directory>/<function>.json: what ARCHSYNC_LOCAL_CREDENTIALS_DIR points the
+    functions at. Made once per run: :meth:`IamStandIn.reset` keeps these accounts."""
+    from devstack.iam_standin import HARNESS_PROJECT
+
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for function, account_id in function_accounts().items():
+        path = directory / f"{function}.json"
+        path.write_text(json.dumps(iam.mint_key_info(HARNESS_PROJECT, account_id)))
+        path.chmod(0o600)  # a private key
+        out[function] = path
+    return out
+
+
+def seed_bucket_grants(front: "BucketIamStandIn", project: str, buckets: Mapping[str, str]) -> None:
+    """Give the authorising Cloud Storage front what infra/ grants the functions on ``buckets``
+    (bucket key -> local bucket name): infra's custom roles, defined in ``project``, and the
+    bucket policies naming the accounts :func:`write_function_keys` made."""
+    from devstack.iam_standin import HARNESS_PROJECT
+
+    for role_id, permissions in custom_roles().items():
+        front.define_role(f"projects/{project}/roles/{role_id}", permissions)
+    for bucket, policy in bucket_policies(project, buckets, accounts_project=HARNESS_PROJECT).items():
+        front.seed_policy(bucket, policy)

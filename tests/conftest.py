@@ -8,15 +8,16 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 sys.path.insert(0, str(REPO))
 
 from devstack import processes  # noqa: E402
-from tests.support import AdminAuth, FakeClock, RecordingBus, T0, write_function_keys  # noqa: E402
+from tests.support import AdminAuth, FakeClock, RecordingBus, T0  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +25,7 @@ def emulators(tmp_path_factory) -> Iterator[dict]:
     """Firestore and Pub/Sub emulators, fake-gcs-server, and the IAM and bucket-IAM stand-ins."""
     from devstack.gcs import BucketIamStandIn, emulator_url, start_gcs
     from devstack.iam_standin import HARNESS_PROJECT, IamStandIn
+    from devstack.infra_grants import write_function_keys
 
     log_dir = tmp_path_factory.mktemp("emulator-logs")
     fs = processes.start_firestore(log_dir)
@@ -41,12 +43,15 @@ def emulators(tmp_path_factory) -> Iterator[dict]:
     bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member,
                                   principal_of=iam.principal_for_token,
                                   owners=[f"serviceAccount:{owner.service_account_email}"]).start()
+    # Each function runs as its own runtime account (infra's account ids), with a key of it.
+    function_keys = tmp_path_factory.mktemp("function-keys")
+    write_function_keys(iam, function_keys)
     os.environ["FIRESTORE_EMULATOR_HOST"] = fs.host
     os.environ["PUBSUB_EMULATOR_HOST"] = ps.host
     os.environ["STORAGE_EMULATOR_HOST"] = bucket_iam.url
     try:
         yield {"firestore": fs.host, "pubsub": ps.host, "gcs": bucket_iam.url, "iam": iam, "bucket_iam": bucket_iam,
-               "owner": owner, "log_dir": log_dir}
+               "owner": owner, "function_keys": function_keys, "log_dir": log_dir}
     finally:
         bucket_iam.stop()
         iam.stop()
@@ -70,6 +75,7 @@ class Stack:
     def __init__(self, project: str, emulators: dict):
         from google.cloud import firestore, pubsub_v1, storage
 
+        from devstack.infra_grants import seed_bucket_grants
         from shared.adapters.firestore_admin import FirestoreAdminStore
         from shared.adapters.gcs import KeyVault, VaultSecrets
         from shared.adapters.pubsub_bus import PubSubBus
@@ -84,6 +90,9 @@ class Stack:
         self.study_bucket = f"studies-{project}"  # the platform's study files: <facility_group_id>/<study>/...
         for b in (self.key_bucket, self.objects_bucket, self.study_bucket):
             self.gcs.create_bucket(b)
+        # What infra/ grants the functions on these buckets, as production has it from `apply`.
+        seed_bucket_grants(emulators["bucket_iam"], project,
+                           {"keys": self.key_bucket, "generated": self.objects_bucket, "study": self.study_bucket})
         self.vault = KeyVault(self.key_bucket, self.gcs)
         self.secrets = VaultSecrets(self.vault)
         self.publisher_client = pubsub_v1.PublisherClient()
@@ -93,16 +102,26 @@ class Stack:
         self.job_publisher = JobPublisher(self.store, self.bus, self.clock, lease_seconds=60, wait_seconds=3.0, poll_seconds=0.05)
         self.topic("archsync-dead-letter", subscription="dead-letter-audit")
 
+    def function_storage(self, function: str):
+        """A storage client with ``function``'s runtime identity (its key from the local stack)."""
+        from google.cloud import storage
+        from google.oauth2 import service_account
+
+        credentials = service_account.Credentials.from_service_account_file(
+            str(self.emulators["function_keys"] / f"{function}.json"), scopes=[CLOUD_PLATFORM])
+        return storage.Client(project=self.project, credentials=credentials)
+
     def cloud(self):
-        """The provisioning adapters, wired to the emulators and stand-ins like the functions are."""
-        from shared.adapters.gcs import BucketIam
+        """The provisioning adapters, wired to the emulators and stand-ins like the functions are,
+        with admin_api's runtime identity (the function that provisions)."""
+        from shared.adapters.gcs import BucketIam, KeyVault
         from shared.adapters.iam_admin import IamAdmin
         from shared.adapters.pubsub_admin import PubSubAdmin
         from shared.services.provisioning import Cloud
 
-        iam, bucket_iam = self.emulators["iam"], self.emulators["bucket_iam"]
+        iam, client = self.emulators["iam"], self.function_storage("admin_api")
         return Cloud(PubSubAdmin(self.project, policy_client=iam.subscriber_policy_client()),
-                     IamAdmin(self.project, iam.iam_client()), BucketIam(bucket_iam.client(self.project)), self.vault)
+                     IamAdmin(self.project, iam.iam_client()), BucketIam(client), KeyVault(self.key_bucket, client))
 
     def topic(self, topic_id: str, subscription: str | None = None) -> None:
         path = self.publisher_client.topic_path(self.project, topic_id)
@@ -151,24 +170,8 @@ def function_env(project_id, emulators, monkeypatch) -> str:
     monkeypatch.setenv("ARCHSYNC_STUDY_BUCKET", f"studies-{project_id}")
     monkeypatch.setenv("ARCHSYNC_IAM_EMULATOR_HOST", emulators["iam"].address)
     monkeypatch.setenv("ARCHSYNC_STORAGE_IAM_EMULATOR_HOST", emulators["bucket_iam"].url)
+    monkeypatch.setenv("ARCHSYNC_LOCAL_CREDENTIALS_DIR", str(emulators["function_keys"]))
     return project_id
-
-
-@pytest.fixture
-def function_token_uri() -> Optional[str]:
-    """Where the functions' keys get access tokens (None: the token_uri the IAM stand-in wrote).
-    A test module may override this fixture."""
-    return None
-
-
-@pytest.fixture
-def function_identities(function_env, emulators, tmp_path, monkeypatch, function_token_uri) -> dict[str, Path]:
-    """Opt-in: the entry points run as their own runtime service accounts (infra's account ids),
-    with keys made through the IAM stand-in (ARCHSYNC_LOCAL_CREDENTIALS_DIR). Function -> key file."""
-    keys = write_function_keys(emulators["iam"].iam_client(), function_env, tmp_path / "function-keys",
-                               token_uri=function_token_uri)
-    monkeypatch.setenv("ARCHSYNC_LOCAL_CREDENTIALS_DIR", str(tmp_path / "function-keys"))
-    return keys
 
 
 @pytest.fixture(scope="session")

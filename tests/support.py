@@ -142,7 +142,6 @@ def facility(fid: str, fg: str = "fg-1") -> Facility:
 
 def load_app(name: str):
     """A functions-framework test client for functions/<name>/main.py."""
-    from pathlib import Path
 
     import functions_framework
 
@@ -173,7 +172,6 @@ def post_result(client, body: bytes, *, key: bytes = RESULT_KEY, fg: str = "fg-1
 
 def openapi_response_schema(path: str, method: str, status: str = "200") -> dict:
     """The JSON Schema of one documented response (OpenAPI 3.1 schemas are JSON Schema 2020-12)."""
-    from pathlib import Path
 
     import yaml
 
@@ -242,33 +240,3 @@ def firestore_size(value: Any) -> int:
 def firestore_document_size(path: str, data: dict) -> int:
     """A stored document's size (limit 1 MiB = 1,048,576 bytes): name + fields + 32."""
     return sum(len(seg.encode()) + 1 for seg in path.split("/")) + 16 + firestore_size(data) + 32
-
-
-def write_function_keys(iam_client: Any, project: str, directory: Path, token_uri: Optional[str] = None) -> dict[str, Path]:
-    """Each function's runtime service account (infra's account_id, devstack/infra_grants.py) and
-    a JSON key for it, made through the IAM Admin API (the stand-in's in tests), written to
-    <directory>/<function>.json: the keys ARCHSYNC_LOCAL_CREDENTIALS_DIR points the functions at.
-    ``token_uri``: where the keys get access tokens, if not where the key's issuer says."""
-    from google.api_core import exceptions
-
-    from devstack.infra_grants import function_accounts, service_account_email
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    for function, account_id in function_accounts().items():
-        try:
-            email = iam_client.create_service_account(request={
-                "name": f"projects/{project}", "account_id": account_id,
-                "service_account": {"display_name": f"archsync {function} function"}}).email
-        except exceptions.AlreadyExists:
-            email = service_account_email(function, project)
-        key = iam_client.create_service_account_key(request={"name": f"projects/{project}/serviceAccounts/{email}"})
-        credentials = json.loads(bytes(key.private_key_data).decode())
-        if token_uri:
-            credentials["token_uri"] = token_uri
-        path = directory / f"{function}.json"
-        path.write_text(json.dumps(credentials))
-        path.chmod(0o600)  # a private key
-        out[function] = path
-    return out
