@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from devstack.processes import free_port
+from devstack.pubsub_iam import require_consume
 from devstack.studies import StudyFile, make_study, upload
 from gateway_agent.agent import Agent
 from gateway_agent.config import parse
+from shared.adapters.gcs import sa_key_object
+from shared.domain.models import FacilityGroup
+from shared.services.provisioning import Provisioner, ProvisioningSettings
 from tests.support import RESULT_KEY, cloud_event_headers, destination, gateway, load_app, pubsub_envelope
 
 def write_instances(files: list[StudyFile], into: Path) -> list:
@@ -57,20 +61,29 @@ class _HttpFunction:
         self._server.shutdown()
 
 
+GATEWAY_DEAD_LETTER_TOPIC = "archsync-gateway-dead-letter"
+
+
 class E2E:
-    FG, GW, DEST = "fg-1", "gw-1", "dst-1"
+    FG, GW, DEST = "fg-1", "gw-0123456789", "dst-1"
 
     def __init__(self, stack, tmp: Path, auth, *, host: str, port: int, called_ae_title: str):
         self.stack, self.tmp, self.auth = stack, tmp, auth
         self.now = datetime.now(timezone.utc)
         self.studies_bucket = stack.study_bucket  # the bucket ARCHSYNC_STUDY_BUCKET names (tests/conftest.py)
-        self.gw = gateway(self.GW)
-        stack.add_gateway(self.gw)
-        # A real key of the gateway's service account: the agent gets its tokens from the IAM
-        # stand-in's token endpoint (the key's token_uri), as on site from Google's.
-        self.sa_key: dict = stack.emulators["iam"].mint_key_info(stack.project, f"archsync-{self.GW}")
-        stack.secrets.save_result_key(self.FG, self.GW, RESULT_KEY)
-        self.dest = destination(self.DEST, host=host, port=port, called_ae_title=called_ae_title, calling_ae_title="GW_SCU",
+        # The gateway is provisioned as the admin API does it (topic, subscription, service account,
+        # its bindings on the subscription and on the two buckets, keys, record) and the agent uses
+        # the key the admin API's download returns: on the strict stack (issue 12) a missing grant
+        # fails these tests as it would fail the site.
+        stack.store.save_facility_group(FacilityGroup(self.FG, "Group 1"))
+        stack.topic(GATEWAY_DEAD_LETTER_TOPIC, subscription="gateway-dead-letter-audit")
+        provisioner = Provisioner(stack.store, stack.cloud(), stack.clock, ProvisioningSettings(
+            objects_bucket=stack.objects_bucket, study_bucket=stack.study_bucket,
+            gateway_dead_letter_topic=GATEWAY_DEAD_LETTER_TOPIC))
+        self.gw = provisioner.create(gateway(self.GW, topic_id="", subscription_id="", created_at=None), "Pat Admin")
+        self.sa_key: dict = json.loads(stack.vault.get(sa_key_object(self.FG, self.GW)))
+        stack.secrets.save_result_key(self.FG, self.GW, RESULT_KEY)  # the key the agent config below holds
+        self.dest = destination(self.DEST, gateway_id=self.GW, host=host, port=port, called_ae_title=called_ae_title, calling_ae_title="GW_SCU",
                                 since=self.now - timedelta(days=1), max_retries=1, retry_timeout_seconds=1)
         stack.store.save_destination(self.dest)
         self.result_endpoint = _HttpFunction("on_job_result")
@@ -134,7 +147,13 @@ class E2E:
         }
 
     def start_agent(self, commitment_port: bool = False) -> Agent:
-        self.agent = Agent(parse(self.config(free_port() if commitment_port else 0))).start()
+        # The Pub/Sub emulator serves any pull: the stack checks the subscription's policy first
+        # (devstack/pubsub_iam.py, issue 12 item 5).
+        config = parse(self.config(free_port() if commitment_port else 0))
+        for delivery in config.active_deliveries:
+            require_consume(self.stack.emulators["iam"].policies, delivery.service_account_info,
+                            delivery.subscription_path)
+        self.agent = Agent(config).start()
         return self.agent
 
     def store_directly(self, files: list[StudyFile]) -> None:

@@ -21,10 +21,9 @@ import pytest
 from devstack.archive_scp import EmbeddedArchive
 from gateway_agent.agent import Agent
 from gateway_agent.config import parse
-from shared.adapters.gcs import sa_key_object
 from shared.services.provisioning import Provisioner, ProvisioningSettings
 from tests.e2e.harness import E2E, wait_for
-from tests.support import RESULT_KEY, gateway
+from tests.support import gateway
 
 STUDY = "1.2.826.0.1.3680043.8.498.9101"
 GATEWAY_DLQ = "archsync-gateway-dead-letter"
@@ -80,16 +79,6 @@ class FlakyProxy:
 def world(stack, admin_env, tmp_path):
     archive = EmbeddedArchive(commitment=False).start()
     e2e = E2E(stack, tmp_path, admin_env, host="127.0.0.1", port=archive.port, called_ae_title=archive.ae_title)
-    # Replace the harness's plain gateway by one provisioned as the admin API does: topic, its
-    # subscription (retry policy, dead-letter policy), service account, bindings, keys, record.
-    stack.topic(GATEWAY_DLQ, subscription="gateway-dead-letter-audit")
-    stack.db.document(f"facility_groups/{e2e.FG}/gateways/{e2e.GW}").delete()
-    provisioner = Provisioner(stack.store, stack.cloud(), stack.clock,
-                              ProvisioningSettings(objects_bucket=stack.objects_bucket, study_bucket=stack.study_bucket,
-                                                   gateway_dead_letter_topic=GATEWAY_DLQ))
-    e2e.gw = provisioner.create(gateway(e2e.GW, topic_id="", subscription_id=""), "Pat Admin")
-    stack.secrets.save_result_key(e2e.FG, e2e.GW, RESULT_KEY)  # the key the harness's agent config holds
-    e2e.sa_key = json.loads(stack.vault.get(sa_key_object(e2e.FG, e2e.GW)))  # the SA JSON download's key
     proxy = FlakyProxy(e2e.result_endpoint.url)
     yield e2e, archive, proxy
     e2e.close()
