@@ -25,6 +25,7 @@ from devstack import processes
 
 PROJECT = "archsync-demo"
 FG = "fg-north"
+OTHER_FG = "fg-south"  # another facility group's studies share the bucket (prefix <group>/)
 EXAM_TOPIC = "archsync-exam-status"
 DEAD_LETTER_TOPIC = "archsync-dead-letter"
 FACILITY_TOPIC = "archsync-facility-changed"
@@ -228,10 +229,63 @@ class _AgentService:
         self.agent.stop()
 
 
-def _start_agent(gateways: dict, result_url: str, commit_port: int, log_dir: Path) -> _AgentService:
-    """The seed-000 Job Delivery form, once per gateway; the east one is saved but not yet Active."""
+def _authenticate_gateways(iam, gateways: dict, say) -> dict[str, str]:
+    """google-auth's own service-account flow with each downloaded key: the IAM stand-in's token
+    endpoint (the key's token_uri) verifies the signed assertion and issues a token for that
+    account only."""
+    from google.auth.transport.requests import Request
+    from google.oauth2 import service_account
+
+    out = {}
+    for gw in gateways.values():
+        creds = service_account.Credentials.from_service_account_info(
+            gw["sa_key"], scopes=["https://www.googleapis.com/auth/devstorage.read_only"])
+        creds.refresh(Request())
+        out[gw["name"]] = iam.principal_for_token(creds.token) or "refused"
+        say(f"  gateway {gw['name']!r} authenticated with its own key: token for {out[gw['name']]}")
+    return out
+
+
+def _cross_group_read(owner_client, gateway: dict, say) -> str:
+    """Another facility group's study in the same bucket: the gateway's key may not list it."""
+    from google.api_core import exceptions
+    from google.cloud import storage
+    from google.oauth2 import service_account
+
+    from devstack.studies import make_study, upload
+
+    other = f"{OTHER_FG}/{_study_uid('exam-south')}/"
+    upload(owner_client, f"gs://{STUDIES_BUCKET}/{other}", make_study(_study_uid("exam-south"), 1))
+    creds = service_account.Credentials.from_service_account_info(
+        gateway["sa_key"], scopes=["https://www.googleapis.com/auth/devstorage.read_only"])
+    client = storage.Client(project=PROJECT, credentials=creds)
+    try:
+        list(client.list_blobs(STUDIES_BUCKET, prefix=other))
+        outcome = "ALLOWED (a missing IAM condition: this must not happen)"
+    except exceptions.Forbidden as e:
+        outcome = f"{e.code} {e.message}"
+    say(f"  gateway {gateway['name']!r} listing gs://{STUDIES_BUCKET}/{other} (group {OTHER_FG}): {outcome}")
+    return outcome
+
+
+def _reads_by_gateway(front, gateways: dict) -> dict[str, dict[str, int]]:
+    """What the authorising front allowed and refused each gateway's account (study and IOCM reads)."""
+    out = {}
+    for gw in gateways.values():
+        principal = f"serviceAccount:{gw['service_account_email']}"
+        seen = Counter(("allowed" if d.allowed else "refused") for d in front.decisions
+                       if d.principal == principal and d.permission.startswith("storage.objects."))
+        out[gw["name"]] = dict(seen)
+    return out
+
+
+def _start_agent(gateways: dict, result_url: str, commit_port: int, log_dir: Path, policies: dict) -> _AgentService:
+    """The seed-000 Job Delivery form, once per gateway; the east one is saved but not yet Active.
+    The Pub/Sub emulator serves any pull: the stack first checks each active delivery's key
+    against its subscription's policy (devstack/pubsub_iam.py)."""
     import logging
 
+    from devstack.pubsub_iam import require_consume
     from gateway_agent.__main__ import JsonFormatter
     from gateway_agent.agent import Agent
     from gateway_agent.config import parse
@@ -248,7 +302,10 @@ def _start_agent(gateways: dict, result_url: str, commit_port: int, log_dir: Pat
                               for key, gw in gateways.items()],
            "max_concurrent_jobs": 4, "network_timeout_seconds": 3, "dimse_timeout_seconds": 10, "work_dir": str(log_dir),
            "storage_commitment": {"ae_title": "GW_SCU", "host": "127.0.0.1", "port": commit_port, "timeout_seconds": 20}}
-    return _AgentService(Agent(parse(cfg)).start())
+    config = parse(cfg)
+    for delivery in config.active_deliveries:
+        require_consume(policies, delivery.service_account_info, delivery.subscription_path)
+    return _AgentService(Agent(config).start())
 
 
 def _jobs(store) -> list[dict]:
@@ -277,18 +334,26 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
     saved_env = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
     try:
         say("Starting the Firestore and Pub/Sub emulators, the GCS emulator and the IAM stand-ins ...")
-        from devstack.gcs import BucketIamStandIn, emulator_url, start_gcs
+        from devstack.gcs import emulator_url, start_gcs
         from devstack.iam_standin import IamStandIn
+        from devstack.infra_grants import seed_bucket_grants
+        from devstack.strict import start_strict_storage
 
         fs, ps, gcs = processes.start_firestore(log_dir), processes.start_pubsub(log_dir), start_gcs(log_dir)
         started += [fs, ps, gcs]
         iam = IamStandIn().start()
-        bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member).start()
-        started += [iam, bucket_iam]
+        started.append(iam)
+        # Cloud Storage as strict as production (issue 12): every request needs a token from the
+        # IAM stand-in; each function runs as its own account with infra/'s grants, each gateway
+        # with its downloaded key and what provisioning grants it.
+        function_keys = log_dir / "function-keys"
+        bucket_iam, owner = start_strict_storage(iam, emulator_url(gcs), function_keys)
+        started.append(bucket_iam)
         os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host,
-                           "STORAGE_EMULATOR_HOST": emulator_url(gcs)})
+                           "STORAGE_EMULATOR_HOST": bucket_iam.url})
         idp = _DemoIdp()
-        env = {"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "STORAGE_EMULATOR_HOST": emulator_url(gcs),
+        env = {"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "STORAGE_EMULATOR_HOST": bucket_iam.url,
+               "ARCHSYNC_LOCAL_CREDENTIALS_DIR": str(function_keys),
                "ARCHSYNC_PROJECT_ID": PROJECT, "ARCHSYNC_DEAD_LETTER_TOPIC": DEAD_LETTER_TOPIC,
                "ARCHSYNC_KEY_BUCKET": KEY_BUCKET, "ARCHSYNC_OBJECTS_BUCKET": OBJECTS_BUCKET,
                "ARCHSYNC_STUDY_BUCKET": STUDIES_BUCKET,
@@ -305,9 +370,10 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
 
         publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
         store = FirestoreAdminStore(firestore.Client(project=PROJECT))
-        gcs_client = storage.Client(project=PROJECT)
-        for bucket in (KEY_BUCKET, OBJECTS_BUCKET):
+        gcs_client = storage.Client(project=PROJECT, credentials=owner)
+        for bucket in (KEY_BUCKET, OBJECTS_BUCKET, STUDIES_BUCKET):
             gcs_client.create_bucket(bucket)
+        seed_bucket_grants(bucket_iam, PROJECT, {"keys": KEY_BUCKET, "generated": OBJECTS_BUCKET, "study": STUDIES_BUCKET})
 
         def topic(name: str) -> str:
             path = publisher.topic_path(PROJECT, name)
@@ -347,6 +413,9 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         _sync_facilities(publisher, facility_topic, admin, token, say)
         say(f"Configuring facility group {FG} through the admin API (seed 000 Steps 1-2) ...")
         configured = _configure(admin, token, archives, say)
+        say("Each gateway's downloaded key against the local stack's token endpoint and Cloud Storage ...")
+        gateway_auth = _authenticate_gateways(iam, configured["gateways"], say)
+        cross_group = _cross_group_read(gcs_client, configured["gateways"]["main"], say)
 
         events = _events(datetime.now(timezone.utc))  # after the destinations exist: no retroactive archiving
         say(f"Replaying {len(events)} exam status events and 1 malformed message through Pub/Sub push ...")
@@ -358,7 +427,8 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         observed_locks = {e: _http("GET", lock_url % e) for e in sorted({j["exam_id"] for j in _jobs(store)})}
 
         say("Linking the gateways (seed 000 Step 3) and starting the reference gateway agent ...")
-        agent = _start_agent(configured["gateways"], f"http://{fns['on_job_result'].host}/", commit_port, log_dir)
+        agent = _start_agent(configured["gateways"], f"http://{fns['on_job_result'].host}/", commit_port, log_dir,
+                             iam.policies)
         started.append(agent)
         main_done = lambda: [j for j in _jobs(store) if j["gateway_id"] == configured["gateways"]["main"]["id"]  # noqa: E731
                              and j["state"] in ("COMPLETED", "FAILED")]
@@ -390,6 +460,9 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         sweep = {"timed_out": timed_out}
 
         summary = _summary(store, subscriber, lock_url, observed_locks, sweep)
+        summary["gateway_auth"] = gateway_auth
+        summary["cross_group_read"] = cross_group
+        summary["storage_reads_by_gateway"] = _reads_by_gateway(bucket_iam, configured["gateways"])
         summary["legacy_failures_before_fix"] = failed_before
         summary["archives"] = {key: len(a.study_instances_all()) for key, a in archives.items()}
         _print(summary, say)
@@ -429,6 +502,12 @@ def _summary(store, subscriber, lock_url: str, observed_locks: dict, sweep: dict
 
 
 def _print(s: dict, say) -> None:
+    say("\n=== Credentials and Cloud Storage IAM on the strict local stack ===")
+    for name, principal in s["gateway_auth"].items():
+        reads = s["storage_reads_by_gateway"].get(name, {})
+        say(f"  {name}: own key -> {principal}; object reads allowed {reads.get('allowed', 0)}, "
+            f"refused {reads.get('refused', 0)}")
+    say(f"  cross-group read by the main gateway: {s['cross_group_read']}")
     say("\n=== Jobs per destination and state ===")
     for dest, states in s["jobs_per_destination"].items():
         say(f"  {dest:22s} " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))

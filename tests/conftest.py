@@ -23,9 +23,9 @@ from tests.support import AdminAuth, FakeClock, RecordingBus, T0  # noqa: E402
 @pytest.fixture(scope="session")
 def emulators(tmp_path_factory) -> Iterator[dict]:
     """Firestore and Pub/Sub emulators, fake-gcs-server, and the IAM and bucket-IAM stand-ins."""
-    from devstack.gcs import BucketIamStandIn, emulator_url, start_gcs
-    from devstack.iam_standin import HARNESS_PROJECT, IamStandIn
-    from devstack.infra_grants import write_function_keys
+    from devstack.gcs import emulator_url, start_gcs
+    from devstack.iam_standin import IamStandIn
+    from devstack.strict import start_strict_storage
 
     log_dir = tmp_path_factory.mktemp("emulator-logs")
     fs = processes.start_firestore(log_dir)
@@ -38,14 +38,10 @@ def emulators(tmp_path_factory) -> Iterator[dict]:
     # Cloud Storage as strict as production (issue 12 item 2): every request, the tests' own
     # included, goes through the authorising front with a bearer token from the IAM stand-in.
     # The tests' set-up identity (buckets, the platform's study files) is an owner, like a
-    # project owner; the functions and agents get only what infra/ and provisioning grant them.
-    owner = iam.credentials(HARNESS_PROJECT, "test-owner")
-    bucket_iam = BucketIamStandIn(upstream=emulator_url(gcs), member_check=iam.unusable_member,
-                                  principal_of=iam.principal_for_token,
-                                  owners=[f"serviceAccount:{owner.service_account_email}"]).start()
-    # Each function runs as its own runtime account (infra's account ids), with a key of it.
+    # project owner; each function runs as its own runtime account (infra's account ids) and
+    # gets only what infra/ grants it, each gateway only what provisioning grants it.
     function_keys = tmp_path_factory.mktemp("function-keys")
-    write_function_keys(iam, function_keys)
+    bucket_iam, owner = start_strict_storage(iam, emulator_url(gcs), function_keys)
     os.environ["FIRESTORE_EMULATOR_HOST"] = fs.host
     os.environ["PUBSUB_EMULATOR_HOST"] = ps.host
     os.environ["STORAGE_EMULATOR_HOST"] = bucket_iam.url

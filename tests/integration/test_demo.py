@@ -35,3 +35,12 @@ def test_demo_run_end_to_end(tmp_path):
     assert s["lock_message"] == LOCK_MESSAGE
     assert s["locks_held_at_end"] == []
     assert len(s["dead_lettered"]) == 1 and "missing event_id" in s["dead_lettered"][0]
+    # The strict local stack (issue 12 item 7): each gateway got a token for its own account with
+    # its own downloaded key, the main gateway's agent read its studies as that account, and
+    # another facility group's study was refused with Cloud Storage's 403.
+    emails = {name: principal for name, principal in s["gateway_auth"].items()}
+    assert len(set(emails.values())) == len(emails) >= 2
+    assert all(p.startswith("serviceAccount:archsync-gw-") for p in emails.values())
+    assert s["cross_group_read"].startswith("403 ") and "does not have storage.objects.list access" in s["cross_group_read"]
+    main = s["storage_reads_by_gateway"]["Main datacenter gateway"]
+    assert main["allowed"] >= 54 + 18 and main["refused"] == 1  # every study file read; only the cross-group list refused
