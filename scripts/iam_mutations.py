@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_TESTS = ("tests/unit tests/integration/test_provisioning.py tests/integration/test_iam_enforced.py")
+# The enforcement tests first (with -x a red mutation stops at its first failure), then the
+# static infra checks, provisioning and the end-to-end paths.
+DEFAULT_TESTS = ("tests/integration/test_iam_enforced.py tests/unit tests/integration/test_provisioning.py "
+                 "tests/e2e")
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,47 @@ def test_anonymous_requests_get_gcs_401(stack):
 
 def _first_name(stack, prefix: str) -> str:
     return next(iter(stack.gcs.list_blobs(stack.study_bucket, prefix=prefix))).name[len(prefix):]
+
+
+# What each function's code does in Cloud Storage (shared/adapters/gcs.py, called from the paths
+# named), done with the real adapters as that function's runtime account: infra/iam.tf must grant
+# each of these, and a grant removed from infra/ turns its case red.
+NOTE = "gateways/gw-1/iocm/note.dcm"
+STORAGE_USES = {
+    "on_study_changed": ["objects.put", "objects.put"],  # IOCM notes; a redelivery rewrites the same name
+    "on_job_result": ["objects.get", "objects.put", "objects.copy", "keys.get_result_key"],  # follow-ups, held notes
+    "sweep_jobs": ["objects.get", "objects.copy", "keys.put", "keys.get", "keys.delete"],  # held notes; provisioning roll-back
+    "admin_api": ["objects.get", "objects.copy", "keys.put", "keys.get", "keys.delete", "bucket_iam"],  # retry re-routing; provisioning
+}
+
+
+@pytest.mark.parametrize("function", sorted(STORAGE_USES))
+def test_each_function_may_do_what_its_code_does_in_storage(stack, function):
+    from shared.adapters.gcs import BucketIam, KeyVault, ObjectStore
+
+    stack.gcs.bucket(stack.objects_bucket).blob(NOTE).upload_from_string(b"DICM")
+    stack.vault.put(result_key_object("fg-1", "gw-1"), b"k" * 32)
+    client = stack.function_storage(function)
+    objects, vault = ObjectStore(stack.objects_bucket, client), KeyVault(stack.key_bucket, client)
+    uri = f"gs://{stack.objects_bucket}/{NOTE}"
+    for use in STORAGE_USES[function]:
+        if use == "objects.put":
+            objects.put(NOTE, b"DICM", "application/dicom")
+        elif use == "objects.get":
+            assert objects.get(uri) == b"DICM"
+        elif use == "objects.copy":
+            objects.copy(uri, "gateways/gw-2/iocm/note.dcm")
+            objects.copy(uri, "gateways/gw-2/iocm/note.dcm")  # a redelivery copies again
+        elif use == "keys.get_result_key":
+            assert vault.get(result_key_object("fg-1", "gw-1")) == b"k" * 32
+        elif use == "keys.put":
+            vault.put(sa_key_object("fg-1", "gw-9"), b"{}", "application/json")
+        elif use == "keys.get":
+            assert vault.get(sa_key_object("fg-1", "gw-9"), fresh=True) == b"{}"
+        elif use == "keys.delete":
+            vault.delete(sa_key_object("fg-1", "gw-9"))
+        elif use == "bucket_iam":
+            for bucket in (stack.objects_bucket, stack.study_bucket):
+                BucketIam(client).grant_prefix_reader(bucket, "user:someone@example.com", "fg-1/", listing=True)
+                BucketIam(client).revoke_member(bucket, "user:someone@example.com")
+    assert not refusals(stack)
