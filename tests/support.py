@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from shared.domain.models import Destination, ExamStatus, Facility, FacilityGroup, Gateway
 
@@ -240,3 +241,14 @@ def firestore_size(value: Any) -> int:
 def firestore_document_size(path: str, data: dict) -> int:
     """A stored document's size (limit 1 MiB = 1,048,576 bytes): name + fields + 32."""
     return sum(len(seg.encode()) + 1 for seg in path.split("/")) + 16 + firestore_size(data) + 32
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy (returned), or fail after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

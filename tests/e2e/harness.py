@@ -6,11 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from devstack.processes import free_port
 from devstack.pubsub_iam import require_consume
@@ -20,7 +19,7 @@ from gateway_agent.config import parse
 from shared.adapters.gcs import sa_key_object
 from shared.domain.models import FacilityGroup
 from shared.services.provisioning import Provisioner, ProvisioningSettings
-from tests.support import RESULT_KEY, cloud_event_headers, destination, gateway, load_app, pubsub_envelope
+from tests.support import RESULT_KEY, cloud_event_headers, destination, gateway, load_app, pubsub_envelope, wait_for
 
 def write_instances(files: list[StudyFile], into: Path) -> list:
     """Study files written to disk, as the agent's Instances (what its C-STORE path takes)."""
@@ -32,16 +31,6 @@ def write_instances(files: list[StudyFile], into: Path) -> list:
         path.write_bytes(f.data)
         out.append(read_instance(path))
     return out
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class _HttpFunction:

@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +23,7 @@ from google.oauth2 import _client, service_account
 from devstack.iam_standin import GOOGLE_TOKEN_AUDIENCE, IamStandIn
 from devstack.studies import make_study, upload
 from gateway_agent.fetch import FetchError, ObjectFetcher
+from tests.support import wait_for
 
 READ_ONLY = "https://www.googleapis.com/auth/devstorage.read_only"
 STUDY = "1.2.826.0.1.3680043.8.498.9101"
@@ -57,16 +58,6 @@ def _token(info: dict, scopes: tuple[str, ...] = (READ_ONLY,)) -> str:
     creds = service_account.Credentials.from_service_account_info(info, scopes=list(scopes))
     creds.refresh(Request())
     return creds.token
-
-
-def _wait(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_downloaded_key_gets_an_access_token_for_its_service_account(iam, iam_client, project_id):
@@ -174,7 +165,7 @@ def test_an_expired_access_token_is_no_principal(iam, iam_client, project_id, mo
     info = _new_key(iam_client, _account(iam_client, project_id))
     token = _token(info)
     assert iam.principal_for_token(token) is not None
-    _wait(lambda: iam.principal_for_token(token) is None, 60, "the token to expire")
+    wait_for(lambda: iam.principal_for_token(token) is None, 60, "the token to expire")
 
 
 def test_reset_forgets_issued_tokens(iam, iam_client, project_id):
