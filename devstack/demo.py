@@ -254,8 +254,9 @@ def _cross_group_read(owner_client, gateway: dict, say) -> str:
 
     from devstack.studies import make_study, upload
 
-    other = f"{OTHER_FG}/{_study_uid('exam-south')}/"
-    upload(owner_client, f"gs://{STUDIES_BUCKET}/{other}", make_study(_study_uid("exam-south"), 1))
+    study_uid = "1.2.826.0.1.3680043.8.498.990"  # a study of the other group's
+    other = f"{OTHER_FG}/{study_uid}/"
+    upload(owner_client, f"gs://{STUDIES_BUCKET}/{other}", make_study(study_uid, 1))
     creds = service_account.Credentials.from_service_account_info(
         gateway["sa_key"], scopes=["https://www.googleapis.com/auth/devstorage.read_only"])
     client = storage.Client(project=PROJECT, credentials=creds)
