@@ -22,6 +22,7 @@ from gateway_agent.jobs import JobRunner
 from gateway_agent.results import Outcome, ResultNotDelivered, ResultRefused, result_body
 from shared.contracts import validate
 from shared.domain.errors import MalformedInput
+from tests.integration.test_credentials import _grant_study_prefix
 from tests.support import local_key_file
 
 STUDY = "1.2.826.0.1.3680043.8.498.8001"
@@ -59,6 +60,7 @@ def world(stack, tmp_path):
     archive = EmbeddedArchive(peers={"GW_SCU": ("127.0.0.1", listener.port)}).start()
     sleeps: list[float] = []
     sa_key = stack.emulators["iam"].mint_key_info(stack.project, "archsync-gw-1")  # a real key: real tokens
+    _grant_study_prefix(stack, sa_key)  # what provisioning grants the gateway (strict storage)
     runner = JobRunner(ObjectFetcher(sa_key, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     bucket = stack.study_bucket
@@ -227,11 +229,18 @@ def test_destination_transfer_syntax_is_honoured(world):
     assert {world.archive.transfer_syntaxes[f.sop_instance_uid] for f in files} == {IMPLICIT}
 
 
-def test_a_compressed_file_the_destination_cannot_take_fails_without_retry(world):
-    world.study(1, source="SC_rgb_rle.dcm")  # RLE Lossless
+def test_a_compressed_file_is_converted_to_the_destinations_syntax(world):
+    files = world.study(1, source="SC_rgb_rle.dcm")  # RLE Lossless (more in test_transcoding.py)
     out = world.runner.run(job(port=world.archive.port, uri=world.uri, transfer_syntax_uid=EXPLICIT))
+    assert out.state == "COMPLETED", out.reason
+    assert world.archive.transfer_syntaxes[files[0].sop_instance_uid] == EXPLICIT
+
+
+def test_a_lossy_file_the_destination_wants_re_encoded_fails_without_retry(world):
+    world.study(1, source="SC_rgb_jpeg_dcmtk.dcm")  # JPEG Baseline: lossy
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, transfer_syntax_uid="1.2.840.10008.1.2.5"))
     assert out.state == "FAILED"
-    assert "does not transcode" in out.reason and "not retried" in out.reason
+    assert "clinical record" in out.reason and "not retried" in out.reason
     assert world.sleeps == []
 
 
