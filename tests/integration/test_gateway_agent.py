@@ -60,7 +60,12 @@ def world(stack, tmp_path):
     archive = EmbeddedArchive(peers={"GW_SCU": ("127.0.0.1", listener.port)}).start()
     sleeps: list[float] = []
     sa_key = stack.emulators["iam"].mint_key_info(stack.project, "archsync-gw-1")  # a real key: real tokens
-    _grant_study_prefix(stack, sa_key)  # what provisioning grants the gateway (strict storage)
+    _grant_study_prefix(stack, sa_key)  # what provisioning grants the gateway (strict storage) ...
+    from shared.adapters.gcs import prefix_reader_condition  # ... and its gateways/gw-1/ objects
+
+    stack.emulators["bucket_iam"].seed_policy(stack.objects_bucket, {"version": 3, "bindings": [{
+        "role": "roles/storage.objectViewer", "members": [f"serviceAccount:{sa_key['client_email']}"],
+        "condition": {"title": "gw-1", "expression": prefix_reader_condition(stack.objects_bucket, "gateways/gw-1/")}}]})
     runner = JobRunner(ObjectFetcher(sa_key, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     bucket = stack.study_bucket
