@@ -22,8 +22,12 @@ FIND_FAILURES = ("reject", "status", "timeout", "abort")
 
 class EmbeddedArchive:
     def __init__(self, ae_title: str = "ARCHIVE", host: str = "127.0.0.1", port: int = 0,
-                 peers: Optional[dict[str, tuple[str, int]]] = None, query: bool = True, commitment: bool = True):
+                 peers: Optional[dict[str, tuple[str, int]]] = None, query: bool = True, commitment: bool = True,
+                 storage_syntaxes: Optional[list[str]] = None, keep_pixels: bool = False):
         self.ae_title, self._addr = ae_title, (host, port)
+        self.storage_syntaxes = storage_syntaxes  # None: every transfer syntax; else only these
+        self.keep_pixels = keep_pixels  # True: keep each received data set whole (with its transfer syntax)
+        self.received: dict[str, Dataset] = {}
         self.query, self.commitment = query, commitment  # False: a store-only archive
         self.peers = dict(peers or {})  # calling AE title -> where to send commitment reports
         self.instances: dict[str, Dataset] = {}  # SOP instance UID -> data set (no pixel copies kept)
@@ -45,7 +49,7 @@ class EmbeddedArchive:
         ae.require_called_aet = True  # a wrong called AE title is rejected, as real archives do
         ae.maximum_pdu_size = 0
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, self.storage_syntaxes or ALL_TRANSFER_SYNTAXES)
         if self.query:
             ae.add_supported_context(STUDY_ROOT_FIND)
         if self.commitment:
@@ -81,6 +85,9 @@ class EmbeddedArchive:
         with self._lock:
             self.instances[str(ds.SOPInstanceUID)] = header
             self.transfer_syntaxes[str(ds.SOPInstanceUID)] = str(event.context.transfer_syntax)
+            if self.keep_pixels:
+                ds.file_meta = event.file_meta
+                self.received[str(ds.SOPInstanceUID)] = ds
             self.stores += 1
         return 0x0000
 

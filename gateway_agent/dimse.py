@@ -7,7 +7,10 @@ import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Optional
+
+from gateway_agent.transcode import TranscodeRefused, choose, convert, proposals, syntax_name
 
 log = logging.getLogger("gateway_agent.dimse")
 
@@ -88,6 +91,7 @@ class Instance:
 class StoreReport:
     sent: list[Instance] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # sop instance uid -> reason
+    permanent: set[str] = field(default_factory=set)  # failed ones a retry cannot change (refused conversions)
 
 
 class Network:
@@ -193,45 +197,49 @@ class Network:
     # -- C-STORE ----------------------------------------------------------------------------
     def store(self, ep: Endpoint, instances: list[Instance], transfer_syntax: Optional[str],
               on_stored: Callable[[Instance], None] = lambda i: None) -> StoreReport:
-        """C-STORE each instance. Contexts: the destination's transfer syntax only when it names
-        one (pynetdicom converts between uncompressed syntaxes; a compressed file in another
-        syntax cannot be sent and fails with that reason), else each file's own syntax plus the
-        uncompressed ones."""
+        """C-STORE each instance. Contexts (gateway_agent/transcode.py): the destination's transfer
+        syntax only when it names one, else each file's own syntax and the uncompressed ones as
+        separate contexts, used in that order; a file is converted (losslessly, same SOP Instance
+        UID) when the accepted context is not its own syntax."""
         report = StoreReport()
-        plan: dict[tuple[str, tuple[str, ...]], list[Instance]] = defaultdict(list)
+        plan: dict[tuple[str, tuple[tuple[str, ...], ...]], list[Instance]] = defaultdict(list)
         for inst in instances:
-            own = inst.transfer_syntax_uid
-            if transfer_syntax and own != transfer_syntax and not {own, transfer_syntax} <= UNCOMPRESSED:
-                report.failed[inst.sop_instance_uid] = (f"stored as {own}; the destination requires {transfer_syntax} "
-                                                       "and the agent does not transcode compressed images")
-                continue
-            if transfer_syntax:
-                key = (inst.sop_class_uid, (transfer_syntax,))
-            elif own in UNCOMPRESSED:
-                key = (inst.sop_class_uid, (EXPLICIT_LE, IMPLICIT_LE))
-            else:
-                key = (inst.sop_class_uid, (own, EXPLICIT_LE))
-            plan[key].append(inst)
-        keys = list(plan)
-        for start in range(0, len(keys), MAX_CONTEXTS):
-            batch = keys[start:start + MAX_CONTEXTS]
-            assoc = self.associate(ep, [(k[0], list(k[1])) for k in batch])
+            plan[(inst.sop_class_uid, tuple(proposals(inst.transfer_syntax_uid, transfer_syntax)))].append(inst)
+        for batch in _batches(list(plan)):
+            contexts = list(dict.fromkeys((k[0], offer) for k in batch for offer in k[1]))
+            assoc = self.associate(ep, [(abstract, list(offer)) for abstract, offer in contexts])
             try:
                 for k in batch:
                     for inst in plan[k]:
-                        self._store_one(assoc, ep, inst, report, on_stored)
+                        self._store_one(assoc, ep, inst, report, on_stored, k[1])
             finally:
                 _release(assoc)
         return report
 
-    def _store_one(self, assoc, ep: Endpoint, inst: Instance, report: StoreReport, on_stored) -> None:
+    def _store_one(self, assoc, ep: Endpoint, inst: Instance, report: StoreReport, on_stored,
+                   offers: tuple[tuple[str, ...], ...] = ()) -> None:
         if not assoc.is_established:
             raise DimseError(f"Association with {ep} aborted during C-STORE")
+        own, path, converted = inst.transfer_syntax_uid, inst.path, None
+        accepted = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
+                    if cx.abstract_syntax == inst.sop_class_uid and cx.as_scu]
+        target = choose(own, offers, accepted) if offers else own
+        if target is not None and target != own:
+            try:
+                path = converted = convert(Path(inst.path), target, Path(inst.path).parent / "transcoded")
+            except TranscodeRefused as e:
+                report.failed[inst.sop_instance_uid] = (f"stored as {syntax_name(own)}, {ep} accepts "
+                                                       f"{syntax_name(target)}: {e.reason}")[:500]
+                report.permanent.add(inst.sop_instance_uid)
+                return
         try:
-            status = assoc.send_c_store(inst.path)
+            status = assoc.send_c_store(path)
         except ValueError as e:  # no accepted presentation context for this SOP class / syntax
             report.failed[inst.sop_instance_uid] = f"not accepted by {ep}: {e}"[:300]
             return
+        finally:
+            if converted is not None:
+                converted.unlink(missing_ok=True)
         code = getattr(status, "Status", None)
         if code is None:
             raise DimseError(f"C-STORE to {ep}: no response within the DIMSE timeout or association aborted")
@@ -292,6 +300,21 @@ def _fast_ae_class():
 
         _FAST_AE = FastAE
     return _FAST_AE
+
+
+def _batches(keys: list) -> Iterable[list]:
+    """Plan keys grouped so that one association proposes at most MAX_CONTEXTS distinct contexts."""
+    batch: list = []
+    contexts: set = set()
+    for k in keys:
+        new = {(k[0], offer) for offer in k[1]} - contexts
+        if batch and len(contexts) + len(new) > MAX_CONTEXTS:
+            yield batch
+            batch, contexts, new = [], set(), {(k[0], offer) for offer in k[1]}
+        batch.append(k)
+        contexts |= new
+    if batch:
+        yield batch
 
 
 def _release(assoc) -> None:

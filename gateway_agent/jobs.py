@@ -180,7 +180,7 @@ class JobRunner:
             counts["cfind_fallback"] = 1
         if report and report.failed:
             first = next(iter(report.failed.values()))
-            permanent = all("does not transcode" in r for r in report.failed.values())
+            permanent = set(report.failed) <= report.permanent  # e.g. lossy re-encoding refused
             raise DimseError(f"{len(report.failed)} of {len(eligible)} instances not stored by {ep}: {first}",
                              retryable=not permanent)
         if dest.get("storage_commitment") and eligible:

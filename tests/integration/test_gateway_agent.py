@@ -228,11 +228,18 @@ def test_destination_transfer_syntax_is_honoured(world):
     assert {world.archive.transfer_syntaxes[f.sop_instance_uid] for f in files} == {IMPLICIT}
 
 
-def test_a_compressed_file_the_destination_cannot_take_fails_without_retry(world):
-    world.study(1, source="SC_rgb_rle.dcm")  # RLE Lossless
+def test_a_compressed_file_is_converted_to_the_destinations_syntax(world):
+    files = world.study(1, source="SC_rgb_rle.dcm")  # RLE Lossless (more in test_transcoding.py)
     out = world.runner.run(job(port=world.archive.port, uri=world.uri, transfer_syntax_uid=EXPLICIT))
+    assert out.state == "COMPLETED", out.reason
+    assert world.archive.transfer_syntaxes[files[0].sop_instance_uid] == EXPLICIT
+
+
+def test_a_lossy_file_the_destination_wants_re_encoded_fails_without_retry(world):
+    world.study(1, source="SC_rgb_jpeg_dcmtk.dcm")  # JPEG Baseline: lossy
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri, transfer_syntax_uid="1.2.840.10008.1.2.5"))
     assert out.state == "FAILED"
-    assert "does not transcode" in out.reason and "not retried" in out.reason
+    assert "clinical record" in out.reason and "not retried" in out.reason
     assert world.sleeps == []
 
 
