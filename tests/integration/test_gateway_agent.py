@@ -59,6 +59,13 @@ def world(stack, tmp_path):
     archive = EmbeddedArchive(peers={"GW_SCU": ("127.0.0.1", listener.port)}).start()
     sleeps: list[float] = []
     sa_key = stack.emulators["iam"].mint_key_info(stack.project, "archsync-gw-1")  # a real key: real tokens
+    # On the strict stack the gateway reads only what provisioning grants it (its group's study
+    # prefix with listing, its own objects), granted here as provisioning does (admin_api's identity).
+    from shared.adapters.gcs import BucketIam
+
+    member, grants = f"serviceAccount:{sa_key['client_email']}", BucketIam(stack.function_storage("admin_api"))
+    grants.grant_prefix_reader(stack.study_bucket, member, "fg-1/", listing=True)
+    grants.grant_prefix_reader(stack.objects_bucket, member, "gateways/gw-1/")
     runner = JobRunner(ObjectFetcher(sa_key, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     bucket = stack.study_bucket
