@@ -193,24 +193,15 @@ class Network:
     # -- C-STORE ----------------------------------------------------------------------------
     def store(self, ep: Endpoint, instances: list[Instance], transfer_syntax: Optional[str],
               on_stored: Callable[[Instance], None] = lambda i: None) -> StoreReport:
-        """C-STORE each instance. Contexts: the destination's transfer syntax only when it names
-        one (pynetdicom converts between uncompressed syntaxes; a compressed file in another
-        syntax cannot be sent and fails with that reason), else each file's own syntax plus the
-        uncompressed ones."""
+        """C-STORE each instance on one association at a time (the job path overlaps fetching and
+        uses several associations: gateway_agent/pipeline.py). Contexts: see ``context_key``."""
         report = StoreReport()
         plan: dict[tuple[str, tuple[str, ...]], list[Instance]] = defaultdict(list)
         for inst in instances:
-            own = inst.transfer_syntax_uid
-            if transfer_syntax and own != transfer_syntax and not {own, transfer_syntax} <= UNCOMPRESSED:
-                report.failed[inst.sop_instance_uid] = (f"stored as {own}; the destination requires {transfer_syntax} "
-                                                       "and the agent does not transcode compressed images")
+            key = context_key(inst, transfer_syntax)
+            if isinstance(key, str):
+                report.failed[inst.sop_instance_uid] = key
                 continue
-            if transfer_syntax:
-                key = (inst.sop_class_uid, (transfer_syntax,))
-            elif own in UNCOMPRESSED:
-                key = (inst.sop_class_uid, (EXPLICIT_LE, IMPLICIT_LE))
-            else:
-                key = (inst.sop_class_uid, (own, EXPLICIT_LE))
             plan[key].append(inst)
         keys = list(plan)
         for start in range(0, len(keys), MAX_CONTEXTS):
@@ -224,12 +215,20 @@ class Network:
                 _release(assoc)
         return report
 
+    def store_one(self, assoc, ep: Endpoint, inst: Instance) -> Optional[str]:
+        """C-STORE one instance on an open association: None when the archive kept it, else the
+        reason it did not (a status, or no accepted context). Raises DimseError when the
+        association is gone (the attempt fails; a retry resends only what was not stored)."""
+        report = StoreReport()
+        self._store_one(assoc, ep, inst, report, lambda i: None)
+        return report.failed.get(inst.sop_instance_uid)
+
     def _store_one(self, assoc, ep: Endpoint, inst: Instance, report: StoreReport, on_stored) -> None:
         if not assoc.is_established:
             raise DimseError(f"Association with {ep} aborted during C-STORE")
         try:
-            status = assoc.send_c_store(inst.path)
-        except ValueError as e:  # no accepted presentation context for this SOP class / syntax
+            status = assoc.send_c_store(_payload(assoc, inst))
+        except (ValueError, AttributeError) as e:  # no accepted presentation context for this SOP class / syntax
             report.failed[inst.sop_instance_uid] = f"not accepted by {ep}: {e}"[:300]
             return
         code = getattr(status, "Status", None)
@@ -269,6 +268,40 @@ class Network:
             raise DimseError(f"Storage Commitment N-ACTION refused by {ep}: "
                              + (status_text(code) if code is not None else "no response"))
         return assoc
+
+
+def context_key(inst: Instance, transfer_syntax: Optional[str]) -> "tuple[str, tuple[str, ...]] | str":
+    """The presentation context (abstract syntax, transfer syntaxes) to propose for ``inst``, or
+    the reason it cannot be sent. The destination's transfer syntax only when it names one
+    (pynetdicom converts between uncompressed syntaxes; a compressed file in another syntax cannot
+    be sent), else the file's own syntax first plus Explicit VR LE: the archive accepting the
+    file's own syntax lets it go out undecoded (``_payload``)."""
+    own = inst.transfer_syntax_uid
+    if transfer_syntax and own != transfer_syntax and not {own, transfer_syntax} <= UNCOMPRESSED:
+        return (f"stored as {own}; the destination requires {transfer_syntax} "
+                "and the agent does not transcode compressed images")
+    if transfer_syntax:
+        return inst.sop_class_uid, (transfer_syntax,)
+    if own in UNCOMPRESSED:
+        return inst.sop_class_uid, tuple(dict.fromkeys((own, EXPLICIT_LE, IMPLICIT_LE)))
+    return inst.sop_class_uid, (own, EXPLICIT_LE)
+
+
+def _payload(assoc, inst: Instance):
+    """What send_c_store gets: the file's path when the association accepted the file's own
+    transfer syntax for its SOP class, so pynetdicom streams the encoded data set from the file in
+    PDU-sized chunks without decoding it (_config.STORE_SEND_CHUNKED_DATASET; pynetdicom
+    Association.send_c_store, dimse_messages.encode_msg); else the decoded data set, which
+    pynetdicom re-encodes in the accepted (uncompressed) syntax."""
+    from pydicom import dcmread
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # process-wide; only affects send_c_store(<path>), used only here
+    own = inst.transfer_syntax_uid
+    if any(cx.abstract_syntax == inst.sop_class_uid and cx.transfer_syntax and cx.transfer_syntax[0] == own
+           for cx in assoc.accepted_contexts):
+        return inst.path
+    return dcmread(inst.path)
 
 
 _FAST_AE = None
