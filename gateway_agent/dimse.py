@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -227,7 +228,9 @@ class Network:
         if not assoc.is_established:
             raise DimseError(f"Association with {ep} aborted during C-STORE")
         try:
-            status = assoc.send_c_store(_payload(assoc, inst))
+            payload = _payload(assoc, inst)
+            _pause_reactor(assoc)
+            status = assoc.send_c_store(payload)
         except (ValueError, AttributeError) as e:  # no accepted presentation context for this SOP class / syntax
             report.failed[inst.sop_instance_uid] = f"not accepted by {ep}: {e}"[:300]
             return
@@ -302,6 +305,27 @@ def _payload(assoc, inst: Instance):
            for cx in assoc.accepted_contexts):
         return inst.path
     return dcmread(inst.path)
+
+
+def _pause_reactor(assoc, timeout: float = 2.0) -> None:
+    """Make sure the association's reactor thread is parked before a request goes out.
+
+    pynetdicom 3.0 (Association.send_c_store/_run_reactor) pauses its reactor by clearing an event
+    and polling ``_is_paused``; but the reactor sets ``_is_paused = True`` *before* it waits on the
+    event, so a sender can read a stale True while the reactor is about to run one more loop, whose
+    ``dimse.get_msg(block=False)`` then takes the C-STORE response off the queue: the sender waits
+    for the DIMSE timeout and the archive aborts the idle association. Seen 1 run in ~10 with 4
+    associations on 2 loaded cores (scripts/benchmark_agent.py). Here the event is cleared first and
+    we wait until the reactor is really blocked on it (a waiter on its condition); pynetdicom's own
+    clear() in send_c_store is then a no-op and its set() afterwards resumes the reactor."""
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    waiters = getattr(getattr(checkpoint, "_cond", None), "_waiters", None)
+    if checkpoint is None or waiters is None:  # another pynetdicom layout: keep its own pause
+        return
+    checkpoint.clear()
+    end = time.monotonic() + timeout
+    while not waiters and assoc.is_established and time.monotonic() < end:
+        time.sleep(0.0001)
 
 
 _FAST_AE = None
