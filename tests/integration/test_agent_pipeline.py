@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the shared ``world`` fixture is imported and used as a parameter
 """The agent's send pipeline (issue 13 item 1) on the GCS emulator (strict stack) and the embedded
 archive: several store associations store each instance once with exact counts, storing starts
 before the study is fetched, the spool stays bounded, C-FIND's skip and retries of only what
@@ -14,7 +15,7 @@ from gateway_agent.fetch import ObjectFetcher
 from gateway_agent.jobs import JobRunner
 from gateway_agent.pipeline import PipelineSettings
 from tests.e2e.harness import wait_for, write_instances
-from tests.integration.test_gateway_agent import STUDY, job, world  # noqa: F401 - the fixture
+from tests.integration.test_gateway_agent import STUDY, job, world  # noqa: F401, F811 - the fixture
 
 
 class WatchedFetcher(ObjectFetcher):
