@@ -27,6 +27,7 @@ from .config import AgentConfig, JobDelivery
 from .dimse import CommitmentListener, CommitmentWaiter, Network
 from .fetch import ObjectFetcher
 from .jobs import JobRunner
+from .pipeline import PipelineSettings
 from .results import ResultNotDelivered, ResultRefused, ResultReporter
 
 log = logging.getLogger("gateway_agent")
@@ -83,7 +84,8 @@ class Agent:
     def _runner(self, d: JobDelivery) -> JobRunner:
         return JobRunner(ObjectFetcher(d.service_account_info, d.project_id), self._net, self.waiter,
                          commitment_timeout=self.cfg.storage_commitment.timeout_seconds,
-                         hl7_timeout=self.cfg.hl7_timeout_seconds, work_dir=self.cfg.work_dir)
+                         hl7_timeout=self.cfg.hl7_timeout_seconds, work_dir=self.cfg.work_dir,
+                         pipeline=PipelineSettings(associations=self.cfg.store_associations, spool_files=self.cfg.spool_files))
 
     # -- one message ------------------------------------------------------------------------
     def handle(self, delivery: JobDelivery, runner: JobRunner, reporter: ResultReporter, data: bytes,

@@ -12,6 +12,7 @@ agent with safe defaults (see docs/gateway-agent.md)::
         "service_account_json": {... or the JSON text ...}, "active": true
       }],
       "max_concurrent_jobs": 4,
+      "store_associations": 4, "spool_files": 32,
       "storage_commitment": {"ae_title": "GW_SCU", "host": "0.0.0.0", "port": 11113, "timeout_seconds": 60},
       "result_retry": {"initial_seconds": 1, "max_interval_seconds": 60, "max_seconds": 2700}
     }
@@ -71,6 +72,11 @@ class AgentConfig:
     network_timeout_seconds: float = 10.0
     hl7_timeout_seconds: float = 10.0
     work_dir: Optional[str] = None  # where study files are spooled; the system temp dir by default
+    # The send pipeline (gateway_agent/pipeline.py, issue 13 item 1): C-STORE associations a job
+    # opens at once to its archive (dcm4chee's "multiple store associations"; 1 = one at a time)
+    # and files downloaded ahead of them (the spool's bound, per job).
+    store_associations: int = 4
+    spool_files: int = 32
     storage_commitment: CommitmentListener = CommitmentListener()
     # Re-posting a final result while the Result Endpoint is unavailable (the message stays leased).
     result_retry: RetryPolicy = RetryPolicy()
@@ -166,6 +172,8 @@ def parse(raw: Any) -> AgentConfig:
         network_timeout_seconds=_positive(raw, "network_timeout_seconds", 10.0, errors),
         hl7_timeout_seconds=_positive(raw, "hl7_timeout_seconds", 10.0, errors),
         work_dir=raw.get("work_dir"),
+        store_associations=_positive(raw, "store_associations", 4, errors, int),
+        spool_files=_positive(raw, "spool_files", 32, errors, int),
         storage_commitment=sc,
         result_retry=rr,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,17 +198,18 @@ class Network:
     # -- C-STORE ----------------------------------------------------------------------------
     def store(self, ep: Endpoint, instances: list[Instance], transfer_syntax: Optional[str],
               on_stored: Callable[[Instance], None] = lambda i: None) -> StoreReport:
-        """C-STORE each instance. Contexts (gateway_agent/transcode.py): the destination's transfer
-        syntax only when it names one, else each file's own syntax and the uncompressed ones as
-        separate contexts, used in that order; a file is converted (losslessly, same SOP Instance
-        UID) when the accepted context is not its own syntax."""
+        """C-STORE each instance on one association at a time (the job path overlaps fetching and
+        uses several associations: gateway_agent/pipeline.py). Contexts (``context_key``,
+        gateway_agent/transcode.py): the destination's transfer syntax only when it names one, else
+        each file's own syntax and the uncompressed ones as separate contexts, used in that order; a
+        file is converted (losslessly, same SOP Instance UID) when the accepted context is not its
+        own syntax."""
         report = StoreReport()
         plan: dict[tuple[str, tuple[tuple[str, ...], ...]], list[Instance]] = defaultdict(list)
         for inst in instances:
-            plan[(inst.sop_class_uid, tuple(proposals(inst.transfer_syntax_uid, transfer_syntax)))].append(inst)
+            plan[context_key(inst, transfer_syntax)].append(inst)
         for batch in _batches(list(plan)):
-            contexts = list(dict.fromkeys((k[0], offer) for k in batch for offer in k[1]))
-            assoc = self.associate(ep, [(abstract, list(offer)) for abstract, offer in contexts])
+            assoc = self.associate(ep, proposed_contexts(batch))
             try:
                 for k in batch:
                     for inst in plan[k]:
@@ -215,6 +217,17 @@ class Network:
             finally:
                 _release(assoc)
         return report
+
+    def store_one(self, assoc, ep: Endpoint, inst: Instance,
+                  offers: tuple[tuple[str, ...], ...]) -> Optional[tuple[str, bool]]:
+        """C-STORE one instance on an open association that proposed ``offers`` for it: None when
+        the archive kept it, else (the reason it did not, whether that is permanent). Raises
+        DimseError when the association is gone (the attempt fails; a retry resends only what
+        was not stored)."""
+        report = StoreReport()
+        self._store_one(assoc, ep, inst, report, lambda i: None, offers)
+        reason = report.failed.get(inst.sop_instance_uid)
+        return None if reason is None else (reason, inst.sop_instance_uid in report.permanent)
 
     def _store_one(self, assoc, ep: Endpoint, inst: Instance, report: StoreReport, on_stored,
                    offers: tuple[tuple[str, ...], ...] = ()) -> None:
@@ -233,8 +246,9 @@ class Network:
                 report.permanent.add(inst.sop_instance_uid)
                 return
         try:
-            status = assoc.send_c_store(path)
-        except ValueError as e:  # no accepted presentation context for this SOP class / syntax
+            _pause_reactor(assoc)
+            status = assoc.send_c_store(_chunked(path))
+        except (ValueError, AttributeError) as e:  # no accepted presentation context for this SOP class / syntax
             report.failed[inst.sop_instance_uid] = f"not accepted by {ep}: {e}"[:300]
             return
         finally:
@@ -277,6 +291,49 @@ class Network:
             raise DimseError(f"Storage Commitment N-ACTION refused by {ep}: "
                              + (status_text(code) if code is not None else "no response"))
         return assoc
+
+
+def context_key(inst: Instance, transfer_syntax: Optional[str]) -> tuple[str, tuple[tuple[str, ...], ...]]:
+    """(SOP class, the transfer-syntax offers to propose for it, in the order they are to be used):
+    gateway_agent/transcode.py ``proposals``. Instances with equal keys share contexts."""
+    return inst.sop_class_uid, tuple(proposals(inst.transfer_syntax_uid, transfer_syntax))
+
+
+def proposed_contexts(keys: Iterable[tuple[str, tuple[tuple[str, ...], ...]]]) -> list[tuple[str, list[str]]]:
+    """The presentation contexts an association proposes for ``keys`` (each offer its own context)."""
+    return [(abstract, list(offer)) for abstract, offer in dict.fromkeys((k[0], o) for k in keys for o in k[1])]
+
+
+def _chunked(path):
+    """What send_c_store gets: the file's path. The file is in the accepted transfer syntax (its
+    own, or converted to it by ``_store_one``), so pynetdicom streams the encoded data set from the
+    file in PDU-sized chunks without decoding it (_config.STORE_SEND_CHUNKED_DATASET; pynetdicom
+    Association.send_c_store, dimse_messages.encode_msg)."""
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # process-wide; only affects send_c_store(<path>), used only here
+    return path
+
+
+def _pause_reactor(assoc, timeout: float = 2.0) -> None:
+    """Make sure the association's reactor thread is parked before a request goes out.
+
+    pynetdicom 3.0 (Association.send_c_store/_run_reactor) pauses its reactor by clearing an event
+    and polling ``_is_paused``; but the reactor sets ``_is_paused = True`` *before* it waits on the
+    event, so a sender can read a stale True while the reactor is about to run one more loop, whose
+    ``dimse.get_msg(block=False)`` then takes the C-STORE response off the queue: the sender waits
+    for the DIMSE timeout and the archive aborts the idle association. Seen 1 run in ~10 with 4
+    associations on 2 loaded cores (scripts/benchmark_agent.py). Here the event is cleared first and
+    we wait until the reactor is really blocked on it (a waiter on its condition); pynetdicom's own
+    clear() in send_c_store is then a no-op and its set() afterwards resumes the reactor."""
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    waiters = getattr(getattr(checkpoint, "_cond", None), "_waiters", None)
+    if checkpoint is None or waiters is None:  # another pynetdicom layout: keep its own pause
+        return
+    checkpoint.clear()
+    end = time.monotonic() + timeout
+    while not waiters and assoc.is_established and time.monotonic() < end:
+        time.sleep(0.0001)
 
 
 _FAST_AE = None

@@ -79,12 +79,24 @@ class ObjectFetcher:
 
     def fetch_prefix(self, uri: str, into: Path) -> list[Path]:
         """Every object under a gs:// prefix (the study's Part-10 files)."""
+        bucket, names = self.list_prefix(uri)
+        return self._download_all(bucket, names, into)
+
+    def list_prefix(self, uri: str) -> tuple[str, list[str]]:
+        """(bucket, object names) of a study's files, without downloading them (the send
+        pipeline downloads them one by one into a bounded spool: gateway_agent/pipeline.py)."""
         bucket, prefix = study_prefix(uri)
         client = self._storage()
         names = self._call(uri, lambda: [b.name for b in client.list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")])
         if not names:
             raise FetchError(f"{uri}: no files under the study's storage prefix", retryable=True)
-        return self._download_all(bucket, names, into)
+        return bucket, names
+
+    def download(self, bucket: str, name: str, path: Path) -> Path:
+        """One object into ``path`` (FetchError as for every call here)."""
+        b = self._storage().bucket(bucket)
+        self._call(f"gs://{bucket}/{name}", lambda: b.blob(name).download_to_filename(str(path)))
+        return path
 
     def fetch_object(self, uri: str, into: Path) -> Path:
         bucket, name = split_uri(uri)

@@ -16,15 +16,31 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .dimse import CFindFailed, CommitmentWaiter, DimseError, Endpoint, Instance, Network
-from .fetch import FetchError, ObjectFetcher, read_instance
+from .dimse import CommitmentWaiter, DimseError, Endpoint, Instance, Network
+from .fetch import FetchError, ObjectFetcher, split_uri
 from .mllp import Hl7Error, send as send_hl7
+from .pipeline import PipelineSettings, SendPipeline, Tally
 from .results import Outcome
 
 log = logging.getLogger("gateway_agent.jobs")
 JobFailure = (DimseError, FetchError, Hl7Error)
 MAX_LIST_BYTES = 64 * 1024 * 1024  # 50,000 entries of three 64-character UIDs are ~12 MB
 REASON_MAX = 2000  # job-result.v1 "reason" maxLength
+
+
+def _job_instances(tally: Tally, wanted: Sequence[str]) -> list[Instance]:
+    """The instances the job is about: those its list names (as found so far), else the study's."""
+    return [tally.found[u] for u in wanted if u in tally.found] if wanted else list(tally.found.values())
+
+
+def _counts(tally: Tally, wanted: Sequence[str], excluded: set[str], sent: set[str]) -> dict:
+    """Per-instance accounting (job-result.v1 counts), exact under parallel stores: ``sent`` and
+    ``tally`` are updated per instance under the pipeline's lock."""
+    instances = _job_instances(tally, wanted)
+    eligible = [i for i in instances if i.sop_class_uid not in excluded]
+    return {"total": len(wanted) if wanted else len(instances), "sent": len(sent),
+            "already_present": sum(1 for i in eligible if i.sop_instance_uid in tally.held and i.sop_instance_uid not in sent),
+            "excluded": len(instances) - len(eligible), "failed": len(tally.failed)}
 
 
 def final_reason(failures: dict[str, list[int]], tries: str) -> str:
@@ -47,8 +63,8 @@ def final_reason(failures: dict[str, list[int]], tries: str) -> str:
 class JobRunner:
     def __init__(self, fetcher: ObjectFetcher, network: Network, waiter: CommitmentWaiter, *,
                  commitment_timeout: float = 60.0, hl7_timeout: float = 10.0, work_dir: Optional[str] = None,
-                 sleep: Callable[[float], None] = time.sleep):
-        self._fetcher, self._net, self._waiter = fetcher, network, waiter
+                 sleep: Callable[[float], None] = time.sleep, pipeline: PipelineSettings = PipelineSettings()):
+        self._fetcher, self._net, self._waiter, self._pipeline = fetcher, network, waiter, pipeline
         self._commit_timeout, self._hl7_timeout, self._work_dir, self._sleep = commitment_timeout, hl7_timeout, work_dir, sleep
 
     def run(self, job: dict) -> Outcome:
@@ -80,53 +96,7 @@ class JobRunner:
             return Outcome("COMPLETED", None, {"total": 1, "sent": 1})
         if "wanted" not in state:  # once per job; its file goes beside the study's, not among them
             state["wanted"] = [] if job.get("object_uri") else self._wanted(job, state["spool"] / "list")
-        if "instances" not in state:
-            state["instances"] = self._instances(job, state["spool"], state["wanted"])
         return self._send(job, state)
-
-    def _instances(self, job: dict, spool: Path, wanted: Sequence[str] = ()) -> list[Instance]:
-        """The instances this job is about, from Cloud Storage: only files of the job's study."""
-        study_uid = (job.get("study") or {}).get("study_instance_uid")
-        if not study_uid:
-            raise FetchError("the job names no study instance UID", retryable=False)
-        if job.get("object_uri"):  # IOCM/KOS: the generated note, under the gateway's own prefix
-            paths = [self._fetcher.fetch_object(job["object_uri"], spool)]
-        else:
-            uri = (job.get("study") or {}).get("storage_uri")
-            if not uri:
-                raise FetchError("the job names no study storage URI", retryable=False)
-            paths = self._fetcher.fetch_prefix(uri, spool)
-        found = {}
-        foreign = 0
-        for p in paths:
-            inst = read_instance(p)
-            if inst is None:
-                log.warning("skipping a file that is not DICOM Part 10", extra={"job_id": job["job_id"], "file": p.name})
-                continue
-            if inst.study_instance_uid != study_uid:
-                foreign += 1
-                continue
-            found[inst.sop_instance_uid] = inst
-        if foreign:
-            # ARCHITECTURE rule 9: an archive only ever receives the job's own study. A file of
-            # another study (or none) in the study's storage is the platform's error: sending
-            # nothing is the only safe answer, and retrying cannot fix it. The reason names
-            # counts and the prefix (ids only), never a file's patient data.
-            where = job.get("object_uri") or uri
-            raise FetchError(f"{foreign} of {len(paths)} files under {where} belong to another study; nothing was sent",
-                             retryable=False)
-        if job.get("object_uri"):
-            if not found:
-                raise FetchError(f"{job['object_uri']} is not a DICOM Part-10 file", retryable=False)
-            return list(found.values())
-        if not wanted:
-            return list(found.values())
-        missing = [u for u in wanted if u not in found]
-        if missing:
-            # The platform may still be writing late images: worth another try.
-            raise FetchError(f"{len(missing)} of {len(wanted)} instances named by the job are not in the study's storage",
-                             retryable=True)
-        return [found[u] for u in wanted]
 
     def _wanted(self, job: dict, into: Path) -> list[str]:
         """The SOP Instance UIDs a DICOM job sends; empty = the whole study. The list is an
@@ -151,37 +121,67 @@ class JobRunner:
                              retryable=False)
         return wanted
 
+    def _sources(self, job: dict) -> tuple[str, list[str], str]:
+        """(bucket, object names, where) of the files this job is about: the generated note
+        (IOCM/KOS, under the gateway's own prefix) or the study's files in Cloud Storage."""
+        if job.get("object_uri"):
+            bucket, name = split_uri(job["object_uri"])
+            if not name or name.endswith("/"):
+                raise FetchError(f"{job['object_uri']}: not an object URI", retryable=False)
+            return bucket, [name], job["object_uri"]
+        uri = (job.get("study") or {}).get("storage_uri")
+        if not uri:
+            raise FetchError("the job names no study storage URI", retryable=False)
+        bucket, names = self._fetcher.list_prefix(uri)
+        return bucket, names, uri
+
     def _send(self, job: dict, state: dict) -> Outcome:
+        """Fetch and C-STORE through the send pipeline (gateway_agent/pipeline.py: overlapped,
+        bounded spool, several associations), then check what the job named, then commitment."""
+        study_uid = (job.get("study") or {}).get("study_instance_uid")
+        if not study_uid:
+            raise FetchError("the job names no study instance UID", retryable=False)
         dest = job["destination"]
         ep = Endpoint.of(dest)
-        instances: list[Instance] = state["instances"]
+        bucket, names, where = self._sources(job)
+        wanted: list[str] = state["wanted"]
         excluded = set(dest.get("excluded_sop_class_uids") or [])
-        eligible = [i for i in instances if i.sop_class_uid not in excluded]
-        held: set[str] = set()
-        fallback = None
-        if not job.get("object_uri") and eligible:
-            try:
-                held = self._net.held_instances(ep, job["study"]["study_instance_uid"])
-            except CFindFailed as e:
-                # Seed 000 Troubleshooting, "C-FIND failed and no fallback push occurred": any
-                # C-FIND failure falls back to sending everything, and the result says so.
-                fallback = e.reason
-                log.warning("C-FIND failed; sending every instance", extra={"job_id": job["job_id"], "why": e.reason})
-        sent: set[str] = state.setdefault("sent", set())  # by this job's earlier attempts
-        todo = [i for i in eligible if i.sop_instance_uid not in held and i.sop_instance_uid not in sent]
-        report = self._net.store(ep, todo, dest.get("transfer_syntax_uid")) if todo else None
-        if report:
-            sent.update(i.sop_instance_uid for i in report.sent)
-        counts = state["counts"] = {
-            "total": len(instances), "sent": len(sent),
-            "already_present": sum(1 for i in eligible if i.sop_instance_uid in held and i.sop_instance_uid not in sent),
-            "excluded": len(instances) - len(eligible), "failed": len(report.failed) if report else 0}
+        sent: set[str] = state.setdefault("sent", set())  # stored by this job's attempts
+        known: dict = state.setdefault("known", {})  # object name -> identity, from earlier attempts
+        tally = Tally()
+        try:
+            SendPipeline(self._fetcher, self._net, self._pipeline).run(
+                ep, bucket, names, state["spool"] / "files", study_uid=study_uid, where=where,
+                wanted=set(wanted) if wanted else None, excluded=excluded, transfer_syntax=dest.get("transfer_syntax_uid"),
+                query_held=not job.get("object_uri"), sent=sent, known=known, job_id=job["job_id"], tally=tally)
+        except FetchError as e:
+            state["counts"] = _counts(tally, wanted, excluded, sent)
+            if tally.foreign:
+                # Storing overlaps fetching, so instances of the job's own study may have gone out
+                # before the stray file was read; a file of another study never does (rule 9).
+                done = "nothing was sent" if not sent else (
+                    f"sending stopped after {len(sent)} instances of the job's study; none of another study was sent")
+                raise FetchError(f"{e.reason}; {done}", retryable=False) from None
+            raise
+        except DimseError:
+            state["counts"] = _counts(tally, wanted, excluded, sent)
+            raise
+        counts = state["counts"] = _counts(tally, wanted, excluded, sent)
+        if job.get("object_uri") and not tally.found:
+            raise FetchError(f"{job['object_uri']} is not a DICOM Part-10 file", retryable=False)
+        missing = [u for u in wanted if u not in tally.found]
+        if missing:
+            # The platform may still be writing late images: worth another try (it resends only these).
+            raise FetchError(f"{len(missing)} of {len(wanted)} instances named by the job are not in the study's storage",
+                             retryable=True)
+        eligible = [i for i in _job_instances(tally, wanted) if i.sop_class_uid not in excluded]
+        fallback = tally.fallback if eligible else None
         if fallback:
             counts["cfind_fallback"] = 1
-        if report and report.failed:
-            first = next(iter(report.failed.values()))
-            permanent = set(report.failed) <= report.permanent  # e.g. lossy re-encoding refused
-            raise DimseError(f"{len(report.failed)} of {len(eligible)} instances not stored by {ep}: {first}",
+        if tally.failed:
+            first = next(iter(tally.failed.values()))
+            permanent = set(tally.failed) <= tally.permanent  # e.g. lossy re-encoding refused
+            raise DimseError(f"{len(tally.failed)} of {len(eligible)} instances not stored by {ep}: {first}",
                              retryable=not permanent)
         if dest.get("storage_commitment") and eligible:
             self._commit(ep, eligible)

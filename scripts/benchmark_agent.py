@@ -1,23 +1,34 @@
-"""Benchmark of the reference gateway agent (issue 6), in one run:
+"""Benchmark of the reference gateway agent's data path (issues 6 and 13), in one run, the same
+files into the same Orthanc (emptied before each run):
 
-1. Instances per second the agent's C-STORE path stores into Orthanc, beside dcmtk's ``storescu``
-   sending the same files to the same (emptied) Orthanc: the ratio is the figure.
-2. For a 500-instance study: the time from the exam reaching Completed (the platform event) to
-   archive state ARCHIVED, through the whole loop (function, Pub/Sub, agent, GCS fetch, C-FIND,
-   C-STORE into Orthanc, signed result, Firestore).
+1. C-STORE rate from spooled files: the agent's send pipeline on one association, the agent with
+   its default parallelism (``store_associations``), dcmtk's ``storescu`` and ``dcmsend``, each
+   with its ratio against storescu (best of 2, alternating).
+2. Exam Completed -> ARCHIVED for 500- and 2,000-instance studies through the whole loop on the
+   strict local stack (function, Pub/Sub, the agent as its own process with its downloaded key,
+   GCS fetch through the authorising front, C-FIND, C-STORE into Orthanc, signed result,
+   Firestore), beside storescu's time for the same files; the agent process's peak memory
+   (ru_maxrss) for each study size.
 
-    PYTHONPATH=. python scripts/benchmark_agent.py [--instances 200] [--study 500]
+Figures only on stdout; the agent's and the emulators' logs go to files (their directory is
+printed).
+
+    PYTHONPATH=. python scripts/benchmark_agent.py [--instances 300] [--studies 500,2000]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -25,100 +36,208 @@ from devstack import processes  # noqa: E402
 from devstack.orthanc import Orthanc  # noqa: E402
 from devstack.studies import make_study  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
+OUT = sys.stdout  # figures only; the functions' JSON logs (shared/logs.py writes to stdout) go to a file
+
+
+class _LocalFiles:
+    """The agent's fetcher over files already on disk (part 1 measures the send path, as
+    storescu reads its files from disk): a hard link (or copy) into the pipeline's spool."""
+
+    def __init__(self, files_dir: Path):
+        self._dir = files_dir
+
+    def download(self, bucket: str, name: str, path: Path) -> Path:
+        try:
+            os.link(self._dir / name, path)
+        except OSError:
+            shutil.copyfile(self._dir / name, path)
+        return path
+
+
+def _timed(orthanc: Orthanc, count: int, send: Callable[[], None]) -> float:
+    orthanc.delete_all()
+    t = time.perf_counter()
+    send()
+    elapsed = time.perf_counter() - t
+    assert len(orthanc.get("/instances")) == count, "not every instance arrived"
+    return elapsed
+
+
+def _storescu(orthanc: Orthanc, files_dir: Path) -> None:
+    subprocess.run(["storescu", "-aet", "GW_SCU", "-aec", orthanc.ae_title, "+sd", "127.0.0.1", str(orthanc.dicom_port),
+                    str(files_dir)], check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def _dcmsend(orthanc: Orthanc, files_dir: Path) -> None:
+    subprocess.run(["dcmsend", "-aet", "GW_SCU", "-aec", orthanc.ae_title, "+sd", "-nuc", "127.0.0.1",
+                    str(orthanc.dicom_port), str(files_dir)], check=True, capture_output=True,
+                   env={**os.environ, "TCP_NODELAY": "1"})
+
 
 def store_rate(orthanc: Orthanc, count: int, tmp: Path) -> None:
+    from gateway_agent.config import AgentConfig
     from gateway_agent.dimse import Endpoint, Network
+    from gateway_agent.pipeline import PipelineSettings, SendPipeline, Tally
 
     files_dir = tmp / "files"
     files_dir.mkdir()
-    from tests.e2e.harness import write_instances
-
-    insts = write_instances(make_study("1.2.826.0.1.3680043.8.498.9001", count, series=4), files_dir)
-    mb = sum(i.path.stat().st_size for i in insts) / 1e6
+    files = make_study("1.2.826.0.1.3680043.8.498.9001", count, series=4)
+    for f in files:
+        (files_dir / f"{f.sop_instance_uid}.dcm").write_bytes(f.data)
+    names = sorted(p.name for p in files_dir.iterdir())
+    mb = sum(len(f.data) for f in files) / 1e6
     ep = Endpoint("127.0.0.1", orthanc.dicom_port, orthanc.ae_title, "GW_SCU")
-    rates = {}
-    for name in ("agent", "storescu", "agent ", "storescu "):  # alternate, twice each: less noise
-        orthanc.delete_all()
-        t = time.perf_counter()
-        if name.strip() == "agent":
-            report = Network().store(ep, insts, None)
-            assert len(report.sent) == count, report.failed
-        else:
-            subprocess.run(["storescu", "-aet", "GW_SCU", "-aec", orthanc.ae_title, "+sd", "127.0.0.1",
-                            str(orthanc.dicom_port), str(files_dir)], check=True, capture_output=True,
-                           env={**os.environ, "TCP_NODELAY": "1"})  # its best setting, as for Orthanc
-        elapsed = time.perf_counter() - t
-        assert len(orthanc.get("/instances")) == count
-        rates.setdefault(name.strip(), []).append(count / elapsed)
-    agent, dcmtk = max(rates["agent"]), max(rates["storescu"])
-    print(f"C-STORE into Orthanc, {count} CT instances ({mb:.1f} MB), one association, best of 2:")
-    print(f"  agent (pynetdicom)  {agent:7.1f} instances/s")
-    print(f"  dcmtk storescu      {dcmtk:7.1f} instances/s")
-    print(f"  ratio agent/storescu {agent / dcmtk:.2f}")
+    default = AgentConfig(deliveries=()).store_associations
+
+    def agent(associations: int) -> Callable[[], None]:
+        def run() -> None:
+            spool = Path(tempfile.mkdtemp(dir=tmp))
+            sent: set[str] = set()
+            tally = SendPipeline(_LocalFiles(files_dir), Network(), PipelineSettings(associations=associations)).run(
+                ep, "local", names, spool, study_uid="1.2.826.0.1.3680043.8.498.9001", where="local", wanted=None,
+                excluded=set(), transfer_syntax=None, query_held=False, sent=sent, known={}, job_id="bench", tally=Tally())
+            assert len(sent) == count and not tally.failed, tally.failed
+            shutil.rmtree(spool)
+        return run
+
+    senders = {"agent, 1 association": agent(1), f"agent, {default} associations (default)": agent(default),
+               "dcmtk storescu": lambda: _storescu(orthanc, files_dir), "dcmtk dcmsend": lambda: _dcmsend(orthanc, files_dir)}
+    rates: dict[str, float] = {}
+    for _ in range(2):  # alternate, twice each: less noise on a shared machine
+        for name, send in senders.items():
+            rates[name] = max(rates.get(name, 0.0), count / _timed(orthanc, count, send))
+    ref = rates["dcmtk storescu"]
+    print(file=OUT)
+    print(f"C-STORE into Orthanc, {count} CT instances ({mb:.1f} MB) from spooled files, best of 2:", file=OUT)
+    for name, rate in rates.items():
+        print(f"  {name:34s} {rate:7.1f} instances/s   ratio vs storescu {rate / ref:.2f}", file=OUT)
 
 
-def study_to_archived(orthanc: Orthanc, count: int, tmp: Path) -> None:
-    from devstack.gcs import emulator_url, start_gcs
+class _StrictStack:
+    """The local stack as tests/conftest.py starts it (issue 12): emulators, the IAM stand-in and
+    the authorising Cloud Storage front; functions as their own runtime accounts."""
+
+    def __init__(self, log_dir: Path, project: str):
+        from devstack.gcs import emulator_url, start_gcs
+        from devstack.iam_standin import IamStandIn
+        from devstack.strict import start_strict_storage
+
+        self.fs, self.ps, self.gcs = processes.start_firestore(log_dir), processes.start_pubsub(log_dir), start_gcs(log_dir)
+        self.iam = IamStandIn(key_bits=1024, propagation_seconds=1.0).start()
+        keys = log_dir / "function-keys"
+        keys.mkdir()
+        self.bucket_iam, owner = start_strict_storage(self.iam, emulator_url(self.gcs), keys)
+        os.environ.update({
+            "FIRESTORE_EMULATOR_HOST": self.fs.host, "PUBSUB_EMULATOR_HOST": self.ps.host,
+            "STORAGE_EMULATOR_HOST": self.bucket_iam.url, "ARCHSYNC_PROJECT_ID": project,
+            "ARCHSYNC_KEY_BUCKET": f"keys-{project}", "ARCHSYNC_OBJECTS_BUCKET": f"objects-{project}",
+            "ARCHSYNC_STUDY_BUCKET": f"studies-{project}", "ARCHSYNC_IAM_EMULATOR_HOST": self.iam.address,
+            "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST": self.bucket_iam.url, "ARCHSYNC_LOCAL_CREDENTIALS_DIR": str(keys)})
+        self.emulators = {"firestore": self.fs.host, "pubsub": self.ps.host, "gcs": self.bucket_iam.url, "iam": self.iam,
+                          "bucket_iam": self.bucket_iam, "owner": owner, "function_keys": keys, "log_dir": log_dir}
+
+    def stop(self) -> None:
+        for svc in (self.bucket_iam, self.iam, self.gcs, self.ps, self.fs):
+            svc.stop()
+
+
+def study_to_archived(orthanc: Orthanc, sizes: list[int], tmp: Path) -> None:
+    from tests.conftest import Stack
+    from tests.e2e.harness import E2E
+    from tests.e2e.harness import wait_for
 
     log_dir = tmp / "logs"
     log_dir.mkdir()
-    fs, ps, gcs = processes.start_firestore(log_dir), processes.start_pubsub(log_dir), start_gcs(log_dir)
+    project = "bench-agent"
+    strict = _StrictStack(log_dir, project)
+    rows = []
     try:
-        os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host,
-                           "STORAGE_EMULATOR_HOST": emulator_url(gcs)})
-        project = "bench-agent"
-        os.environ.update({"ARCHSYNC_PROJECT_ID": project, "ARCHSYNC_KEY_BUCKET": f"keys-{project}",
-                           "ARCHSYNC_OBJECTS_BUCKET": f"objects-{project}"})
-        from tests.conftest import Stack
-        from tests.e2e.harness import E2E
+        for n, count in enumerate(sizes):
+            stack = Stack(f"{project}-{n}", strict.emulators)
+            for k, v in {"ARCHSYNC_PROJECT_ID": stack.project, "ARCHSYNC_KEY_BUCKET": stack.key_bucket,
+                         "ARCHSYNC_OBJECTS_BUCKET": stack.objects_bucket, "ARCHSYNC_STUDY_BUCKET": stack.study_bucket}.items():
+                os.environ[k] = v
+            orthanc.delete_all()
+            world = E2E(stack, tmp, None, host="127.0.0.1", port=orthanc.dicom_port, called_ae_title=orthanc.ae_title)
+            study = f"1.2.826.0.1.3680043.8.498.95{n}"
+            files = world.study(study, count, series=5)
+            cfg_path = tmp / f"agent-{n}.json"
+            cfg = world.config()
+            cfg.pop("max_concurrent_jobs")
+            cfg_path.write_text(json.dumps(cfg))  # the agent's defaults (store_associations, spool_files)
+            # The agent as on site: its own process, its downloaded key (the subscription's policy
+            # lets it pull: devstack/pubsub_iam.py), logs to a file.
+            from devstack.pubsub_iam import require_consume
+            from gateway_agent.config import load
 
-        orthanc.delete_all()
-        stack = Stack(project, {})
-        world = E2E(stack, tmp, None, host="127.0.0.1", port=orthanc.dicom_port, called_ae_title=orthanc.ae_title)
-        study = "1.2.826.0.1.3680043.8.498.9500"
-        world.study(study, count, series=5)
-        world.start_agent()
-        try:
-            t = time.perf_counter()
-            world.exam_completed("exam-bench", study)
-            while world.archive_state("exam-bench") != "ARCHIVED":
-                assert time.perf_counter() - t < 600, "no ARCHIVED within 10 minutes"
-                assert not [j for j in world.jobs() if j["state"] == "FAILED"], world.jobs()
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - t
-        finally:
-            world.close()
-            stack.close()
-        assert len(orthanc.study_instances(study)) == count
-        print(f"{count}-instance study, exam Completed -> ARCHIVED (into Orthanc, emulators, 1 agent): {elapsed:.1f} s "
-              f"({count / elapsed:.0f} instances/s end to end)")
+            for d in load(cfg_path).active_deliveries:
+                require_consume(stack.emulators["iam"].policies, d.service_account_info, d.subscription_path)
+            with open(log_dir / f"agent-{count}.log", "wb") as log:
+                agent = subprocess.Popen([sys.executable, "-m", "gateway_agent", "--config", str(cfg_path)], cwd=REPO,
+                                         stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(REPO)})
+            try:
+                time.sleep(2.0)  # the agent's streaming pull is open before the exam completes
+                t = time.perf_counter()
+                world.exam_completed(f"exam-{n}", study)
+
+                def archived() -> bool:
+                    assert agent.poll() is None, "the agent exited"
+                    assert not [j for j in world.jobs() if j["state"] == "FAILED"], world.jobs()
+                    return world.archive_state(f"exam-{n}") == "ARCHIVED"
+
+                wait_for(archived, 900, "ARCHIVED")
+                elapsed = time.perf_counter() - t
+            finally:
+                agent.send_signal(signal.SIGTERM)
+                _, _, usage = os.wait4(agent.pid, 0)
+                agent.returncode = 0
+                world.close()
+                stack.close()
+            assert len(orthanc.study_instances(study)) == count
+            files_dir = tmp / f"storescu-{n}"
+            files_dir.mkdir()
+            for f in files:
+                (files_dir / f"{f.sop_instance_uid}.dcm").write_bytes(f.data)
+            dcmtk = min(_timed(orthanc, count, lambda: _storescu(orthanc, files_dir)) for _ in range(2))
+            rows.append((count, elapsed, dcmtk, usage.ru_maxrss / 1024))
     finally:
-        for svc in (gcs, ps, fs):
-            svc.stop()
+        strict.stop()
+    print("Exam Completed -> ARCHIVED (strict local stack, agent process, into Orthanc) beside storescu alone, same files:", file=OUT)
+    for count, elapsed, dcmtk, rss in rows:
+        print(f"  {count:5d} instances: {elapsed:6.1f} s  (storescu {dcmtk:5.1f} s, ratio {elapsed / dcmtk:.2f})   "
+              f"agent peak memory {rss:6.1f} MiB", file=OUT)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=200)
-    parser.add_argument("--study", type=int, default=500)
+    parser.add_argument("--instances", type=int, default=300)
+    parser.add_argument("--studies", default="500,2000")
+    parser.add_argument("--skip-rate", action="store_true")
     args = parser.parse_args()
-    if not Orthanc.available() or not shutil.which("storescu"):
+    if not Orthanc.available() or not shutil.which("storescu") or not shutil.which("dcmsend"):
         print("benchmark_agent: needs Orthanc and dcmtk (./run bench installs them)", file=sys.stderr)
         return 2
-    import logging
-
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     logging.getLogger("gateway_agent").setLevel(logging.ERROR)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="bench-agent-"))
+    sys.stdout = open(tmp / "functions.log", "w")  # noqa: SIM115 - for the whole run
     shm = Path(tempfile.mkdtemp(prefix="bench-orthanc-", dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp
     orthanc = Orthanc(shm / "orthanc", ae_title="ORTHANC_AR").start()  # tmpfs: measure DICOM, not the disk
     try:
-        store_rate(orthanc, args.instances, tmp)
-        study_to_archived(orthanc, args.study, tmp)
+        if not args.skip_rate:
+            store_rate(orthanc, args.instances, tmp)
+        study_to_archived(orthanc, [int(n) for n in args.studies.split(",") if n], tmp)
     finally:
         orthanc.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
+        sys.stdout.close()
+        sys.stdout = OUT
+        for sub in tmp.iterdir():  # keep only the logs
+            if sub.is_dir() and sub.name != "logs":
+                shutil.rmtree(sub, ignore_errors=True)
+        print(f"(all logs: {tmp})", file=OUT)
     return 0
 
 

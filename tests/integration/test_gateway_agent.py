@@ -191,17 +191,24 @@ def test_the_study_prefix_sends_only_its_own_study_beside_a_sibling(world, sibli
 
 
 @pytest.mark.parametrize("kind", ["ARCHIVE", "DICOM"])
-def test_a_file_of_another_study_inside_the_prefix_fails_the_job_and_nothing_is_sent(world, kind):
+def test_a_file_of_another_study_inside_the_prefix_stops_the_job_and_is_never_sent(world, kind):
+    """Storing overlaps fetching (issue 13 item 1), so instances of the job's own study may go out
+    before the stray file is read; the stray never does (rule 9), the job stops without retry and
+    the reason and counts say what was sent."""
     files = world.study(3)
     stray = make_study(SIBLING, 1, patient_id="OTHER-PATIENT")
     upload(world.stack.gcs, world.uri + "misfiled/", stray)
     listed = {"instances": [f.ref() for f in files]} if kind == "DICOM" else {}
     out = world.runner.run(job(kind, port=world.archive.port, uri=world.uri, **listed))
     assert out.state == "FAILED"
-    assert out.reason == (f"1 of 4 files under {world.uri} belong to another study; nothing was sent "
-                          "(not retried: permanent)")
+    sent = world.archive.stores
+    done = "nothing was sent" if sent == 0 else (
+        f"sending stopped after {sent} instances of the job's study; none of another study was sent")
+    assert out.reason == f"a file under {world.uri} belongs to another study; {done} (not retried: permanent)"
     assert "OTHER-PATIENT" not in out.reason and "SYNTHETIC" not in out.reason
-    assert world.archive.stores == 0 and world.archive.instances == {} and world.sleeps == []
+    assert world.archive.study(SIBLING) == set() and stray[0].sop_instance_uid not in world.archive.instances
+    assert out.counts["sent"] == sent <= 3 and world.archive.study(STUDY) <= {f.sop_instance_uid for f in files}
+    assert world.sleeps == []
 
 
 def test_a_rejection_note_of_another_study_is_not_sent(world):
@@ -209,7 +216,8 @@ def test_a_rejection_note_of_another_study_is_not_sent(world):
     world.stack.gcs.bucket(world.stack.objects_bucket).blob("gateways/gw-1/iocm/other.dcm").upload_from_string(note.data)
     uri = f"gs://{world.stack.objects_bucket}/gateways/gw-1/iocm/other.dcm"
     out = world.runner.run(job("IOCM", port=world.archive.port, uri=world.uri, object_uri=uri))
-    assert out.state == "FAILED" and out.reason.startswith(f"1 of 1 files under {uri} belong to another study")
+    assert out.state == "FAILED"
+    assert out.reason == f"a file under {uri} belongs to another study; nothing was sent (not retried: permanent)"
     assert world.archive.stores == 0
 
 

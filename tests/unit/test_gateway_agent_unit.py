@@ -67,6 +67,17 @@ def test_config_rejects_bad_tuning_and_duplicate_subscriptions():
         parse({"job_deliveries": [delivery(), delivery(name="copy")]})
 
 
+def test_config_send_pipeline_settings():
+    """Issue 13 item 1: store associations per job and the spool's bound, agent-level."""
+    cfg = parse({"job_deliveries": [delivery()]})
+    assert (cfg.store_associations, cfg.spool_files) == (4, 32)
+    cfg = parse({"job_deliveries": [delivery()], "store_associations": 1, "spool_files": 8})
+    assert (cfg.store_associations, cfg.spool_files) == (1, 8)
+    for key, bad in (("store_associations", 0), ("spool_files", -1), ("store_associations", True)):
+        with pytest.raises(ConfigError, match=f"{key}: must be a positive number"):
+            parse({"job_deliveries": [delivery()], key: bad})
+
+
 def test_cli_check_and_inactive_config(tmp_path, capsys):
     path = tmp_path / "agent.json"
     path.write_text(json.dumps({"job_deliveries": [delivery(active=False)]}))
