@@ -175,13 +175,16 @@ def test_concurrent_results_answer_json_and_end_in_one_consistent_final_state(st
     def post(state: str):
         client = app.test_client()
         body = result_body(job, state, reason="association aborted" if state == "FAILED" else None)
-        deadline = time.monotonic() + 300  # generous: emulator lock waits grow with machine load
-        while True:
+        deadline = time.monotonic() + 600  # generous: emulator lock waits grow with machine load
+        for n in itertools.count():
             r = post_result(client, body)
             answers.append((state, r.status_code, r.is_json, r.headers.get("Retry-After")))
             if r.status_code != 503 or time.monotonic() > deadline:
                 return state, r.status_code, r.json
-            time.sleep(int(r.headers["Retry-After"]) * random.uniform(0.5, 1.5))  # jittered, as a gateway should
+            # As the agent does (gateway_agent/results.py): at least Retry-After, backing off
+            # exponentially with full jitter, so that 18 posters do not stay in lock-step (the
+            # emulator's pessimistic locks otherwise livelock them on a loaded machine).
+            time.sleep(int(r.headers["Retry-After"]) + random.uniform(0, min(20.0, 2.0 ** n)))
 
     with ThreadPoolExecutor(max_workers=len(states)) as pool:
         final_answers = list(pool.map(post, states))
