@@ -88,7 +88,9 @@ locals {
       # One sweep at a time is enough; concurrent sweeps would be safe (conditional writes) but
       # only duplicate the work.
       max_instances = 1
-      project_roles = ["roles/datastore.user", "roles/pubsub.publisher"]
+      # Publishing (retries, follow-ups, republished jobs) is covered by roles/pubsub.admin, which
+      # it holds as a provisioner (iam.tf), as admin_api does: no separate pubsub.publisher.
+      project_roles = ["roles/datastore.user"]
       # Rolls back gateway creations and completes deletions whose admin_api call died half-way
       # (Provisioner.finish_stale), so it needs the same rights as admin_api.
       provisions_gateways = true

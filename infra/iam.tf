@@ -26,7 +26,7 @@ locals {
 # local.gateway_provisioning_project_roles for the gateway provisioners:
 # - roles/datastore.user (all): read/write Firestore documents.
 # - roles/pubsub.publisher (on_exam_status_changed, on_study_changed, on_patient_updated,
-#   on_job_result, sweep_jobs): job messages go to per-gateway topics that are created at
+#   on_job_result; the provisioners publish under roles/pubsub.admin): job messages go to per-gateway topics that are created at
 #   runtime, outside this configuration, so there is no topic to grant on here; the same grant
 #   covers the dead-letter topic (on_facility_changed publishes only there).
 # - roles/iam.serviceAccountAdmin, roles/iam.serviceAccountKeyAdmin (provisioners): each gateway

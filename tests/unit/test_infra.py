@@ -248,6 +248,49 @@ def test_pubsub_service_agent_can_dead_letter():
     assert _locals()["function_env"]["ARCHSYNC_PUBSUB_SERVICE_AGENT"] == "${local.pubsub_service_agent_email}"
 
 
+# --- Who may invoke the functions (Cloud Run IAM: no emulator checks it; issue 12) ---------------
+
+def _run_invoker(name: str) -> dict:
+    grant = _resources("google_cloud_run_v2_service_iam_member")[name]
+    assert _unquote(grant["role"]) == "roles/run.invoker"
+    return grant
+
+
+def test_every_push_subscription_and_the_scheduler_may_invoke_their_function():
+    """The push subscriptions' OIDC identity must hold run.invoker on each function they deliver
+    to, and the scheduler's on sweep_jobs: without it every event is refused with 403 and
+    dead-lettered."""
+    grant = _run_invoker("invoker")
+    assert grant["for_each"] == "${local.function_invokers}" and grant["member"] == "${each.value.member}"
+    assert grant["name"] == "${google_cloudfunctions2_function.function[each.value.name].service_config[0].service}"
+    invokers = _locals()["function_invokers"]  # one HCL expression: check its parts
+    assert re.search(r"for pair in local\.inbound : .*name = pair\.function, member = "
+                     r"google_service_account\.push_invoker\.member", invokers)
+    assert re.search(r'"sweep_jobs scheduler" = \{name = "sweep_jobs", member = google_service_account\.scheduler\.member\}',
+                     invokers)
+
+
+def test_gateways_reach_the_result_endpoint_and_users_the_admin_api():
+    """Gateways are not Google identities (HMAC-signed results) and the admin API's users carry the
+    platform's JWT: both functions are invocable by allUsers, or by the configured members."""
+    public = _run_invoker("result_endpoint_public")
+    assert public["member"] == '"allUsers"' or _unquote(public["member"]) == "allUsers"
+    assert 'function["on_job_result"]' in public["name"]
+    admin = _run_invoker("admin_api_invoker")
+    assert admin["for_each"] == "${toset(var.admin_invoker_members)}" and admin["member"] == "${each.value}"
+    assert 'function["admin_api"]' in admin["name"]
+
+
+def test_every_function_gets_its_project_roles():
+    """local.functions[*].project_roles (checked against the code above) take effect only through
+    this resource, one instance per function and role."""
+    grant = _resources("google_project_iam_member")["function"]
+    assert "local.functions" in grant["for_each"] and "fn.project_roles" in grant["for_each"]
+    assert "local.gateway_provisioning_project_roles" in grant["for_each"]
+    assert grant["role"] == "${each.value.role}"
+    assert grant["member"] == "${google_service_account.function[each.value.name].member}"
+
+
 def test_the_scheduler_job_invokes_the_sweeper_with_an_oidc_token():
     job = _resources("google_cloud_scheduler_job")["sweep_jobs"]
     [target] = job["http_target"]
