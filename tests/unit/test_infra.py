@@ -291,6 +291,15 @@ def test_every_function_gets_its_project_roles():
     assert grant["member"] == "${google_service_account.function[each.value.name].member}"
 
 
+def test_pubsub_service_agent_may_sign_the_push_identitys_oidc_tokens():
+    """Projects that enabled Pub/Sub before 2021-04-08 need this explicitly, or every push is
+    refused (no OIDC token): the service agent is token creator on the push identity only."""
+    grant = _resources("google_service_account_iam_member")["push_invoker_token_creator"]
+    assert grant["service_account_id"] == "${google_service_account.push_invoker.name}"
+    assert _unquote(grant["role"]) == "roles/iam.serviceAccountTokenCreator"
+    assert grant["member"] == "${local.pubsub_service_agent}"
+
+
 def test_the_scheduler_job_invokes_the_sweeper_with_an_oidc_token():
     job = _resources("google_cloud_scheduler_job")["sweep_jobs"]
     [target] = job["http_target"]
