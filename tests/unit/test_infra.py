@@ -300,6 +300,33 @@ def test_pubsub_service_agent_may_sign_the_push_identitys_oidc_tokens():
     assert grant["member"] == "${local.pubsub_service_agent}"
 
 
+def test_the_platform_may_publish_to_every_inbound_topic():
+    """Exam status, study changed, patient updated and facility changed: without the publisher
+    grant the platform's events never arrive (no emulator checks publish permissions)."""
+    grant = _resources("google_pubsub_topic_iam_member")["inbound_platform_publisher"]
+    assert "local.inbound" in grant["for_each"] and "var.platform_publisher_members" in grant["for_each"]
+    assert grant["topic"] == "${google_pubsub_topic.inbound[each.value.inbound].id}"
+    assert _unquote(grant["role"]) == "roles/pubsub.publisher" and grant["member"] == "${each.value.member}"
+
+
+def test_the_build_identity_can_read_sources_write_images_and_logs():
+    """Cloud Build builds the function images as its own account ("Custom service account for
+    Cloud Build", Cloud Functions docs): it needs to write logs, read the uploaded and copied
+    source bundles, and push to the functions' Artifact Registry repository."""
+    build = "${google_service_account.build.member}"
+    project = _resources("google_project_iam_member")
+    assert _unquote(project["build_logs"]["role"]) == "roles/logging.logWriter" and project["build_logs"]["member"] == build
+    sources = project["build_sources"]
+    assert _unquote(sources["role"]) == "roles/storage.objectViewer" and sources["member"] == build
+    assert "gcf-v2-sources-" in sources["condition"][0]["expression"]
+    reader = _resources("google_storage_bucket_iam_member")["build_source_reader"]
+    assert reader["bucket"] == "${local.functions_source_bucket}" and reader["member"] == build
+    assert _unquote(reader["role"]) == "roles/storage.objectViewer"
+    writer = _resources("google_artifact_registry_repository_iam_member")["build_writer"]
+    assert _unquote(writer["role"]) == "roles/artifactregistry.writer" and writer["member"] == build
+    assert writer["repository"] == "${google_artifact_registry_repository.functions.name}"
+
+
 def test_the_scheduler_job_invokes_the_sweeper_with_an_oidc_token():
     job = _resources("google_cloud_scheduler_job")["sweep_jobs"]
     [target] = job["http_target"]
