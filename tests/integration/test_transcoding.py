@@ -5,7 +5,6 @@ requiring JPEG 2000 lossless gets exactly that; a lossy image is never re-encode
 from __future__ import annotations
 
 import io
-import time
 import warnings
 
 import numpy as np
@@ -15,6 +14,7 @@ from pydicom import dcmread
 from devstack.archive_scp import EmbeddedArchive
 from devstack.storescp import StoreSCP
 from devstack.studies import make_study, upload
+from tests.support import wait_for
 from gateway_agent import transcode as t
 from gateway_agent.dimse import CommitmentWaiter, Network
 from gateway_agent.fetch import ObjectFetcher
@@ -52,16 +52,6 @@ def env(stack, tmp_path):
     return runner, uri, study, sleeps, tmp_path
 
 
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_storescp_defaults_receive_every_compressed_test_file_uncompressed_with_the_same_uids(env):
     runner, uri, study, sleeps, tmp = env
     sent = study(LOSSLESS + LOSSY)
@@ -71,7 +61,7 @@ def test_storescp_defaults_receive_every_compressed_test_file_uncompressed_with_
         # storescp answers no C-FIND: the agent falls back to sending everything and says so.
         assert out.state == "COMPLETED", out.reason
         assert out.counts["sent"] == len(sent) and out.counts["failed"] == 0
-        files = wait_for(lambda: (fs := scp.files()) and len(fs) >= len(sent) and fs, what="storescp's files")
+        files = wait_for(lambda: (fs := scp.files()) and len(fs) >= len(sent) and fs, timeout=120, what="storescp's files")
     finally:
         scp.stop()
     received = {str(ds.SOPInstanceUID): ds for ds in (dcmread(p) for p in files)}
