@@ -51,11 +51,12 @@ class JobRunner:
         self._fetcher, self._net, self._waiter = fetcher, network, waiter
         self._commit_timeout, self._hl7_timeout, self._work_dir, self._sleep = commitment_timeout, hl7_timeout, work_dir, sleep
 
-    def run(self, job: dict) -> Outcome:
+    def run(self, job: dict, progress: Callable[[dict], None] = lambda counts: None) -> Outcome:
+        """``progress(counts)``: called as files are fetched and stored (the caller rate-limits)."""
         retry = job["destination"]["retry"]
         attempts = 1 + retry["max_retries"]
         spool = Path(tempfile.mkdtemp(prefix=f"{job['job_id']}-", dir=self._work_dir))
-        state: dict = {"spool": spool}
+        state: dict = {"spool": spool, "progress": progress}
         failures: dict[str, list[int]] = {}  # distinct reason -> the tries it ended, in order seen
         try:
             for n in range(1, attempts + 1):
@@ -81,10 +82,11 @@ class JobRunner:
         if "wanted" not in state:  # once per job; its file goes beside the study's, not among them
             state["wanted"] = [] if job.get("object_uri") else self._wanted(job, state["spool"] / "list")
         if "instances" not in state:
-            state["instances"] = self._instances(job, state["spool"], state["wanted"])
+            state["instances"] = self._instances(job, state["spool"], state["wanted"], state["progress"])
         return self._send(job, state)
 
-    def _instances(self, job: dict, spool: Path, wanted: Sequence[str] = ()) -> list[Instance]:
+    def _instances(self, job: dict, spool: Path, wanted: Sequence[str] = (),
+                   progress: Callable[[dict], None] = lambda counts: None) -> list[Instance]:
         """The instances this job is about, from Cloud Storage: only files of the job's study."""
         study_uid = (job.get("study") or {}).get("study_instance_uid")
         if not study_uid:
@@ -95,7 +97,8 @@ class JobRunner:
             uri = (job.get("study") or {}).get("storage_uri")
             if not uri:
                 raise FetchError("the job names no study storage URI", retryable=False)
-            paths = self._fetcher.fetch_prefix(uri, spool)
+            paths = self._fetcher.fetch_prefix(
+                uri, spool, lambda done, total: progress({"total": total, "fetched": done, "sent": 0}))
         found = {}
         foreign = 0
         for p in paths:
@@ -169,7 +172,16 @@ class JobRunner:
                 log.warning("C-FIND failed; sending every instance", extra={"job_id": job["job_id"], "why": e.reason})
         sent: set[str] = state.setdefault("sent", set())  # by this job's earlier attempts
         todo = [i for i in eligible if i.sop_instance_uid not in held and i.sop_instance_uid not in sent]
-        report = self._net.store(ep, todo, dest.get("transfer_syntax_uid")) if todo else None
+        progress = state["progress"]
+
+        def stored(inst: Instance) -> None:
+            # Recorded as each one is stored, not when the association ends: an archive that goes
+            # away mid-study (issue 13 item 4) leaves what it took counted, and never re-sent by
+            # this job even if its C-FIND fails on the next try.
+            sent.add(inst.sop_instance_uid)
+            progress({"total": len(instances), "fetched": len(instances), "sent": len(sent)})
+
+        report = self._net.store(ep, todo, dest.get("transfer_syntax_uid"), on_stored=stored) if todo else None
         if report:
             sent.update(i.sop_instance_uid for i in report.sent)
         counts = state["counts"] = {
