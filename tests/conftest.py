@@ -98,6 +98,21 @@ class Stack:
         self.job_publisher = JobPublisher(self.store, self.bus, self.clock, lease_seconds=60, wait_seconds=3.0, poll_seconds=0.05)
         self.topic("archsync-dead-letter", subscription="dead-letter-audit")
 
+    def grant_gateway_reads(self, email: str, facility_group_id: str = "fg-1", gateway_id: str = "gw-1") -> None:
+        """What provisioning grants a gateway's account (its bucket_binding and study_binding
+        steps), for tests that make a gateway's key without provisioning it: read of its own
+        generated-objects prefix, read and list of its group's study prefix."""
+        from shared.adapters.gcs import prefix_reader_condition
+
+        front = self.emulators["bucket_iam"]
+        for bucket, prefix, listing in ((self.objects_bucket, f"gateways/{gateway_id}/", False),
+                                        (self.study_bucket, f"{facility_group_id}/", True)):
+            policy = front.policies.get(bucket, {"bindings": []})
+            policy["bindings"].append({
+                "role": "roles/storage.objectViewer", "members": [f"serviceAccount:{email}"],
+                "condition": {"title": prefix, "expression": prefix_reader_condition(bucket, prefix, listing)}})
+            front.seed_policy(bucket, {"version": 3, "bindings": policy["bindings"]})
+
     def function_storage(self, function: str):
         """A storage client with ``function``'s runtime identity (its key from the local stack)."""
         from google.cloud import storage

@@ -272,19 +272,10 @@ def relay(emulators, monkeypatch):
     r.stop()
 
 
-def _grant_study_prefix(stack, info: dict) -> None:
-    """What provisioning's study_binding grants: read and list of fg-1/ only."""
-    from shared.adapters.gcs import prefix_reader_condition
-
-    stack.emulators["bucket_iam"].seed_policy(stack.study_bucket, {"version": 3, "bindings": [{
-        "role": "roles/storage.objectViewer", "members": [f"serviceAccount:{info['client_email']}"],
-        "condition": {"title": "fg-1", "expression": prefix_reader_condition(stack.study_bucket, "fg-1/", listing=True)}}]})
-
-
 def test_the_agent_downloads_with_its_service_accounts_bearer_token(stack, relay, tmp_path):
     iam = stack.emulators["iam"]
     info = iam.mint_key_info(stack.project, "archsync-gw-1")
-    _grant_study_prefix(stack, info)
+    stack.grant_gateway_reads(info["client_email"])
     files = make_study(STUDY, 3)
     uri = f"gs://{stack.study_bucket}/fg-1/{STUDY}/"
     upload(stack.gcs, uri, files)

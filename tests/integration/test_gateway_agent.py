@@ -59,6 +59,7 @@ def world(stack, tmp_path):
     archive = EmbeddedArchive(peers={"GW_SCU": ("127.0.0.1", listener.port)}).start()
     sleeps: list[float] = []
     sa_key = stack.emulators["iam"].mint_key_info(stack.project, "archsync-gw-1")  # a real key: real tokens
+    stack.grant_gateway_reads(sa_key["client_email"])  # and only what provisioning would grant it
     runner = JobRunner(ObjectFetcher(sa_key, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     bucket = stack.study_bucket
