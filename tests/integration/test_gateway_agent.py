@@ -504,12 +504,13 @@ def test_the_archive_going_away_mid_study_and_coming_back_within_the_retries_sto
     runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project), Network(5, 3, 3), CommitmentWaiter(),
                        work_dir=world.runner._work_dir, sleep=time.sleep)  # real waits between tries
     result: dict = {}
-    worker = threading.Thread(target=lambda: result.setdefault("out", runner.run(
-        job(port=archive.port, uri=world.uri, max_retries=20, retry_timeout_seconds=1))))
+    msg = job(port=archive.port, uri=world.uri, max_retries=10)  # the contract's maximum, 1 s apart
+    msg["destination"]["retry"]["retry_timeout_seconds"] = 1
+    worker = threading.Thread(target=lambda: result.setdefault("out", runner.run(msg)), daemon=True)
     worker.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # 200 files fetched first, on a loaded machine
     while archive._server is not None or not gone.is_set():  # wait until it is really gone
-        assert time.monotonic() < deadline, "the archive never went away"
+        assert time.monotonic() < deadline and worker.is_alive(), "the archive never went away"
         time.sleep(0.05)
     time.sleep(1.5)  # stays away long enough for at least one try to find it gone
     archive.restart()
@@ -520,7 +521,10 @@ def test_the_archive_going_away_mid_study_and_coming_back_within_the_retries_sto
     assert out.state == "COMPLETED", out.reason
     assert archive.study(STUDY) == {f.sop_instance_uid for f in files}
     assert archive.stores_by_uid == {f.sop_instance_uid: 1 for f in files}  # exactly once each
-    assert out.counts["total"] == 200 and out.counts["sent"] == 200 and out.counts["failed"] == 0
+    # The instance in flight when the archive went away may have been kept without its response
+    # reaching the agent: the next try's C-FIND finds it (already_present), it is not sent again.
+    c = out.counts
+    assert c["total"] == 200 and c["sent"] + c["already_present"] == 200 and c["sent"] >= 199 and c["failed"] == 0
 
 
 def test_a_study_larger_than_the_free_disk_space_is_not_fetched_and_says_so(world, tmp_path):
@@ -529,7 +533,7 @@ def test_a_study_larger_than_the_free_disk_space_is_not_fetched_and_says_so(worl
                        CommitmentWaiter(), work_dir=str(tmp_path), sleep=world.sleeps.append)
     out = runner.run(job(port=world.archive.port, uri=world.uri, max_retries=1))
     assert out.state == "FAILED" and "after 2 attempts" in out.reason  # retryable: space may be freed
-    assert "not enough free disk space in WORK_DIR" in out.reason and "need 953674316407 MB" in out.reason
+    assert "not enough free disk space in WORK_DIR" in out.reason and "need 1000000001 MB" in out.reason
     assert "have " in out.reason and world.archive.stores == 0
     assert list(tmp_path.iterdir()) == []  # nothing downloaded, spool removed
 
