@@ -33,6 +33,7 @@ class EmbeddedArchive:
         self.instances: dict[str, Dataset] = {}  # SOP instance UID -> data set (no pixel copies kept)
         self.transfer_syntaxes: dict[str, str] = {}
         self.stores = 0
+        self.stores_by_uid: dict[str, int] = {}  # C-STOREs taken per SOP Instance UID (stored exactly once?)
         self.fail_store_with: Optional[int] = None
         self.find_fails: Optional[str] = None  # one of FIND_FAILURES
         self.find_status = 0xC000  # the failure status of find_fails="status" ("unable to process")
@@ -65,10 +66,19 @@ class EmbeddedArchive:
         return self._server.server_address[1]
 
     def stop(self) -> None:
+        """The archive goes away: open associations are aborted and new ones refused (its
+        instances stay, as on a real archive's disk)."""
         self._stopping.set()
         if self._server:
+            self._addr = (self._addr[0], self.port)  # a restart comes back on the same port
+            for assoc in self._server.active_associations:
+                assoc.abort()
             self._server.shutdown()
             self._server = None
+
+    def restart(self) -> "EmbeddedArchive":
+        self._stopping.clear()
+        return self.start()
 
     def study(self, study_uid: str) -> set[str]:
         with self._lock:
@@ -89,6 +99,8 @@ class EmbeddedArchive:
                 ds.file_meta = event.file_meta
                 self.received[str(ds.SOPInstanceUID)] = ds
             self.stores += 1
+            uid = str(ds.SOPInstanceUID)
+            self.stores_by_uid[uid] = self.stores_by_uid.get(uid, 0) + 1
         return 0x0000
 
     def _on_requested(self, event) -> None:

@@ -28,7 +28,9 @@ from .dimse import CommitmentListener, CommitmentWaiter, Network
 from .fetch import ObjectFetcher
 from .jobs import JobRunner
 from .pipeline import PipelineSettings
+from .progress import ProgressReporter
 from .results import ResultNotDelivered, ResultRefused, ResultReporter
+from .spool import Spool
 
 log = logging.getLogger("gateway_agent")
 REQUIRED = ("job_id", "job_type", "attempt", "facility_group_id", "gateway_id", "destination", "result_deadline")
@@ -79,12 +81,14 @@ class Agent:
         self._futures: list = []
         self._listener: Optional[CommitmentListener] = None
         self._subscriber: Any = None
+        self._spool = Spool(cfg.work_dir)
         self.handled = 0
 
     def _runner(self, d: JobDelivery) -> JobRunner:
-        return JobRunner(ObjectFetcher(d.service_account_info, d.project_id), self._net, self.waiter,
-                         commitment_timeout=self.cfg.storage_commitment.timeout_seconds,
-                         hl7_timeout=self.cfg.hl7_timeout_seconds, work_dir=self.cfg.work_dir,
+        work_dir = str(self._spool.run_dir) if self._spool.run_dir else self.cfg.work_dir
+        return JobRunner(ObjectFetcher(d.service_account_info, d.project_id, free_disk_margin_mb=self.cfg.free_disk_margin_mb),
+                         self._net, self.waiter, commitment_timeout=self.cfg.storage_commitment.timeout_seconds,
+                         hl7_timeout=self.cfg.hl7_timeout_seconds, work_dir=work_dir,
                          pipeline=PipelineSettings(associations=self.cfg.store_associations, spool_files=self.cfg.spool_files))
 
     # -- one message ------------------------------------------------------------------------
@@ -118,19 +122,33 @@ class Agent:
                     log.error("job message with an unreadable result deadline", extra=ids)
                     return "nack"
                 if deadline <= self._now():
-                    # The cloud has already closed this attempt (archive state UNKNOWN); a manual retry
-                    # sends a new attempt.
-                    log.warning("job attempt expired before it was started; skipped", extra=ids)
-                    self._done.add(key)
-                    return "ack"
-                try:
-                    reporter.post(job, "IN_PROGRESS")
-                except ResultNotDelivered as e:
-                    # Progress only restarts the cloud's timeout window: the work and its final
-                    # result are what matter, so an unavailable endpoint does not stop the job.
-                    log.warning("IN_PROGRESS not delivered; doing the job anyway", extra={**ids, "why": str(e)})
+                    # The deadline of the message is the one at publication; progress reports may
+                    # have extended the cloud's window since (a long job whose agent died: its
+                    # redelivery must go on). Ask; a closed attempt (archive state UNKNOWN) is
+                    # skipped, and a manual retry sends a new attempt.
+                    try:
+                        still_open = reporter.attempt_open(job)
+                    except ResultNotDelivered as e:
+                        log.warning("job past its message deadline and the Result Endpoint cannot say whether it is "
+                                    "still open; left for redelivery", extra={**ids, "why": str(e)})
+                        return "nack"
+                    if not still_open:
+                        log.warning("job attempt expired before it was started; skipped", extra=ids)
+                        self._done.add(key)
+                        return "ack"
+                    log.info("job past its message deadline but its result window was extended; doing it", extra=ids)
+                else:
+                    try:
+                        reporter.post(job, "IN_PROGRESS")
+                    except ResultNotDelivered as e:
+                        # Progress only restarts the cloud's timeout window: the work and its final
+                        # result are what matter, so an unavailable endpoint does not stop the job.
+                        log.warning("IN_PROGRESS not delivered; doing the job anyway", extra={**ids, "why": str(e)})
                 log.info("job started", extra={**ids, "job_type": job["job_type"], "destination_id": job["destination"].get("id")})
-                outcome = runner.run(job)
+                progress = ProgressReporter(lambda counts: reporter.post(job, "IN_PROGRESS", counts=counts),
+                                            self.cfg.progress_interval_seconds)
+                outcome = runner.run(job, progress)
+                progress.join()  # a report in flight goes before the final result
                 self._finished.add(key, outcome)
             else:
                 # Redelivered after its result could not be posted: never redo the DICOM work.
@@ -179,6 +197,7 @@ class Agent:
         active = self.cfg.active_deliveries
         if not active:
             raise RuntimeError("no active job delivery in the config: set \"active\": true to start (seed 000 Step 3.4)")
+        self._spool.open()  # removes the spool directories of a previous run that died
         sc = self.cfg.storage_commitment
         if sc.port:
             self._listener = CommitmentListener(self.waiter, sc.ae_title, sc.host, sc.port).start()
@@ -196,9 +215,13 @@ class Agent:
                 elif verdict == "nack":
                     message.nack()
 
-            # 4 h for the job itself plus the time its final result may be held (result_retry).
-            flow = FlowControl(max_messages=self.cfg.max_outstanding_messages,
-                               max_lease_duration=4 * 3600 + self.cfg.result_retry.max_seconds)
+            # The lease (docs/gateway-agent.md "Jobs that last hours"): the client extends the ack
+            # deadline lease_extension_seconds at a time while the job runs, up to max_lease_seconds
+            # (default: 4 h of work plus the time a final result may be held, result_retry). If this
+            # process dies, the extensions stop and Pub/Sub redelivers within lease_extension_seconds.
+            ext = int(self.cfg.lease_extension_seconds)
+            flow = FlowControl(max_messages=self.cfg.max_outstanding_messages, max_lease_duration=self.cfg.lease_seconds,
+                               min_duration_per_lease_extension=ext, max_duration_per_lease_extension=ext)
             future = subscriber.subscribe(d.subscription_path, callback, flow_control=flow,
                                           scheduler=ThreadScheduler(executor=pool), await_callbacks_on_shutdown=True)
             self._futures.append((subscriber, future))
@@ -222,3 +245,4 @@ class Agent:
         if self._listener:
             self._listener.stop()
             self._listener = None
+        self._spool.close()

@@ -14,7 +14,9 @@ agent with safe defaults (see docs/gateway-agent.md)::
       "max_concurrent_jobs": 4,
       "store_associations": 4, "spool_files": 32,
       "storage_commitment": {"ae_title": "GW_SCU", "host": "0.0.0.0", "port": 11113, "timeout_seconds": 60},
-      "result_retry": {"initial_seconds": 1, "max_interval_seconds": 60, "max_seconds": 2700}
+      "result_retry": {"initial_seconds": 1, "max_interval_seconds": 60, "max_seconds": 2700},
+      "max_lease_seconds": 17100, "lease_extension_seconds": 300, "progress_interval_seconds": 60,
+      "free_disk_margin_mb": 512
     }
 """
 from __future__ import annotations
@@ -80,6 +82,19 @@ class AgentConfig:
     storage_commitment: CommitmentListener = CommitmentListener()
     # Re-posting a final result while the Result Endpoint is unavailable (the message stays leased).
     result_retry: RetryPolicy = RetryPolicy()
+    # Pub/Sub lease of a running job (issue 13 item 3, docs/gateway-agent.md "Jobs that last
+    # hours"): the client extends the message's ack deadline, lease_extension_seconds at a time,
+    # for up to max_lease_seconds (None: 4 h of work plus result_retry.max_seconds).
+    max_lease_seconds: Optional[float] = None
+    lease_extension_seconds: float = 300.0
+    # At most one IN_PROGRESS (with counts) per job this often while data flows.
+    progress_interval_seconds: float = 60.0
+    # Free space kept in work_dir beyond the study's size before fetching it.
+    free_disk_margin_mb: float = 512.0
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.max_lease_seconds or 4 * 3600 + self.result_retry.max_seconds
 
     @property
     def active_deliveries(self) -> tuple[JobDelivery, ...]:
@@ -176,7 +191,13 @@ def parse(raw: Any) -> AgentConfig:
         spool_files=_positive(raw, "spool_files", 32, errors, int),
         storage_commitment=sc,
         result_retry=rr,
+        max_lease_seconds=_positive(raw, "max_lease_seconds", None, errors) if "max_lease_seconds" in raw else None,
+        lease_extension_seconds=_positive(raw, "lease_extension_seconds", 300.0, errors),
+        progress_interval_seconds=_positive(raw, "progress_interval_seconds", 60.0, errors),
+        free_disk_margin_mb=_positive(raw, "free_disk_margin_mb", 512.0, errors),
     )
+    if not 10 <= cfg.lease_extension_seconds <= 600:  # the Pub/Sub client's bounds for one extension
+        errors["lease_extension_seconds"] = "must be between 10 and 600"
     if errors:
         raise ConfigError("; ".join(f"{k}: {v}" for k, v in sorted(errors.items())))
     return cfg

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from math import ceil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .dimse import Instance
+from .spool import free_bytes
+
+MB = 1024 * 1024
 
 
 class FetchError(Exception):
@@ -42,8 +46,9 @@ class ObjectFetcher:
     credentials with STORAGE_EMULATOR_HOST, so on the local stack the bearer token reaches the
     storage emulator too, and the key's ``token_uri`` is the IAM stand-in's token endpoint."""
 
-    def __init__(self, service_account_info: dict, project_id: str, parallel: int = 8):
+    def __init__(self, service_account_info: dict, project_id: str, parallel: int = 8, free_disk_margin_mb: float = 512.0):
         self._sa, self._project, self._parallel = service_account_info, project_id, parallel
+        self._margin = int(free_disk_margin_mb * MB)
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -78,19 +83,23 @@ class ObjectFetcher:
             raise FetchError(f"{what}: Cloud Storage unavailable ({type(e).__name__})", retryable=True) from None
 
     def fetch_prefix(self, uri: str, into: Path) -> list[Path]:
-        """Every object under a gs:// prefix (the study's Part-10 files)."""
-        bucket, names = self.list_prefix(uri)
+        """Every object under a gs:// prefix (the study's Part-10 files), after checking there is
+        room for all of them."""
+        bucket, names, sizes = self.list_prefix(uri)
+        self.check_space(into, sum(sizes))
         return self._download_all(bucket, names, into)
 
-    def list_prefix(self, uri: str) -> tuple[str, list[str]]:
-        """(bucket, object names) of a study's files, without downloading them (the send
-        pipeline downloads them one by one into a bounded spool: gateway_agent/pipeline.py)."""
+    def list_prefix(self, uri: str) -> tuple[str, list[str], list[int]]:
+        """(bucket, object names, their sizes in bytes) of a study's files, without downloading
+        them (the send pipeline downloads them one by one into a bounded spool:
+        gateway_agent/pipeline.py)."""
         bucket, prefix = study_prefix(uri)
         client = self._storage()
-        names = self._call(uri, lambda: [b.name for b in client.list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")])
-        if not names:
+        listed = self._call(uri, lambda: [(b.name, b.size or 0) for b in client.list_blobs(bucket, prefix=prefix)
+                                          if not b.name.endswith("/")])
+        if not listed:
             raise FetchError(f"{uri}: no files under the study's storage prefix", retryable=True)
-        return bucket, names
+        return bucket, [name for name, _ in listed], [size for _, size in listed]
 
     def download(self, bucket: str, name: str, path: Path) -> Path:
         """One object into ``path`` (FetchError as for every call here)."""
@@ -98,21 +107,40 @@ class ObjectFetcher:
         self._call(f"gs://{bucket}/{name}", lambda: b.blob(name).download_to_filename(str(path)))
         return path
 
+    def check_space(self, into: Path, size: int) -> None:
+        """Issue 13 item 3: files larger than the free space would fail half-way, after hours of
+        download, and could fill the disk for every other job: check first, from the listing's
+        sizes (``size``: what will be on disk at once). Retryable: other jobs' spools are removed
+        as they finish."""
+        into.mkdir(parents=True, exist_ok=True)
+        have = free_bytes(into)
+        need = size + self._margin
+        if need > have:
+            raise FetchError(f"not enough free disk space in WORK_DIR ({into.parent}): need {ceil(need / MB)} MB "
+                             f"({ceil(size / MB)} MB of the study's files at once + {ceil(self._margin / MB)} MB margin), "
+                             f"have {have // MB} MB", retryable=True)
+
     def fetch_object(self, uri: str, into: Path) -> Path:
         bucket, name = split_uri(uri)
         if not name or name.endswith("/"):
             raise FetchError(f"{uri}: not an object URI", retryable=False)
         return self._download_all(bucket, [name], into)[0]
 
-    def _download_all(self, bucket: str, names: list[str], into: Path) -> list[Path]:
+    def _download_all(self, bucket: str, names: list[str], into: Path,
+                      on_fetched: Callable[[int, int], None] = lambda done, total: None) -> list[Path]:
         client = self._storage()
         b = client.bucket(bucket)
         into.mkdir(parents=True, exist_ok=True)
+        done, lock = [0], threading.Lock()
 
         def one(i_name: tuple[int, str]) -> Path:
             i, name = i_name
             path = into / f"{i:06d}.dcm"
             self._call(f"gs://{bucket}/{name}", lambda: b.blob(name).download_to_filename(str(path)))
+            with lock:
+                done[0] += 1
+                n = done[0]
+            on_fetched(n, len(names))
             return path
 
         with ThreadPoolExecutor(max_workers=min(self._parallel, len(names))) as pool:

@@ -67,11 +67,12 @@ class JobRunner:
         self._fetcher, self._net, self._waiter, self._pipeline = fetcher, network, waiter, pipeline
         self._commit_timeout, self._hl7_timeout, self._work_dir, self._sleep = commitment_timeout, hl7_timeout, work_dir, sleep
 
-    def run(self, job: dict) -> Outcome:
+    def run(self, job: dict, progress: Callable[[dict], None] = lambda counts: None) -> Outcome:
+        """``progress(counts)``: called as files are fetched and stored (the caller rate-limits)."""
         retry = job["destination"]["retry"]
         attempts = 1 + retry["max_retries"]
         spool = Path(tempfile.mkdtemp(prefix=f"{job['job_id']}-", dir=self._work_dir))
-        state: dict = {"spool": spool}
+        state: dict = {"spool": spool, "progress": progress}
         failures: dict[str, list[int]] = {}  # distinct reason -> the tries it ended, in order seen
         try:
             for n in range(1, attempts + 1):
@@ -121,7 +122,7 @@ class JobRunner:
                              retryable=False)
         return wanted
 
-    def _sources(self, job: dict) -> tuple[str, list[str], str]:
+    def _sources(self, job: dict, spool: Path) -> tuple[str, list[str], str]:
         """(bucket, object names, where) of the files this job is about: the generated note
         (IOCM/KOS, under the gateway's own prefix) or the study's files in Cloud Storage."""
         if job.get("object_uri"):
@@ -132,7 +133,11 @@ class JobRunner:
         uri = (job.get("study") or {}).get("storage_uri")
         if not uri:
             raise FetchError("the job names no study storage URI", retryable=False)
-        bucket, names = self._fetcher.list_prefix(uri)
+        bucket, names, sizes = self._fetcher.list_prefix(uri)
+        # Issue 13 item 3: room for what the bounded spool can hold at once (queued, being stored,
+        # being downloaded), checked before the first download.
+        at_once = self._pipeline.spool_files + self._pipeline.associations + self._pipeline.fetchers
+        self._fetcher.check_space(spool, sum(sorted(sizes, reverse=True)[:at_once]))
         return bucket, names, uri
 
     def _send(self, job: dict, state: dict) -> Outcome:
@@ -143,17 +148,24 @@ class JobRunner:
             raise FetchError("the job names no study instance UID", retryable=False)
         dest = job["destination"]
         ep = Endpoint.of(dest)
-        bucket, names, where = self._sources(job)
+        bucket, names, where = self._sources(job, state["spool"] / "files")
         wanted: list[str] = state["wanted"]
         excluded = set(dest.get("excluded_sop_class_uids") or [])
         sent: set[str] = state.setdefault("sent", set())  # stored by this job's attempts
         known: dict = state.setdefault("known", {})  # object name -> identity, from earlier attempts
         tally = Tally()
+        progress = state["progress"]
+
+        def stored(inst: Instance) -> None:
+            # As each one is stored (issue 13 item 3): the caller rate-limits what it posts.
+            progress({"total": len(names), "fetched": len(tally.found), "sent": len(sent)})
+
         try:
             SendPipeline(self._fetcher, self._net, self._pipeline).run(
                 ep, bucket, names, state["spool"] / "files", study_uid=study_uid, where=where,
                 wanted=set(wanted) if wanted else None, excluded=excluded, transfer_syntax=dest.get("transfer_syntax_uid"),
-                query_held=not job.get("object_uri"), sent=sent, known=known, job_id=job["job_id"], tally=tally)
+                query_held=not job.get("object_uri"), sent=sent, known=known, job_id=job["job_id"], tally=tally,
+                on_stored=stored)
         except FetchError as e:
             state["counts"] = _counts(tally, wanted, excluded, sent)
             if tally.foreign:

@@ -94,15 +94,26 @@ class ResultReporter:
         Raises ResultRefused when it can never be accepted, ResultNotDelivered when it could not
         be delivered now (the caller leaves the message unacknowledged). ``patient``: keep trying
         for up to ``retry.max_seconds`` (a final result), instead of a few quick tries."""
+        return self._post(job, state, reason, counts, patient).get("outcome", "applied")
+
+    def attempt_open(self, job: dict) -> bool:
+        """Posts IN_PROGRESS and answers whether the cloud still waits for this attempt (its job is
+        QUEUED or IN_PROGRESS at this attempt). For a message past its ``result_deadline``: that is
+        the deadline at publication, and progress reports may have extended it since (issue 13
+        item 3), e.g. for the redelivery of a long job whose agent died."""
+        answer = self._post(job, "IN_PROGRESS", None, None, False)
+        return answer.get("outcome") not in ("stale", "ignored") and answer.get("job_state") in ("QUEUED", "IN_PROGRESS")
+
+    def _post(self, job: dict, state: str, reason: Optional[str], counts: Optional[dict], patient: bool) -> dict:
         body = result_body(job, state, reason, counts)
         started, last, n = self._monotonic(), "", 0
         while True:
             n += 1
-            outcome, last = self._try(job, state, body)
-            if outcome is not None:
+            answer, last = self._try(job, state, body)
+            if answer is not None:
                 if n > 1:
                     log.info("result delivered after retries", extra={"job_id": job["job_id"], "state": state, "tries": n})
-                return outcome
+                return answer
             if patient:
                 left = self._retry.max_seconds - (self._monotonic() - started)
                 wait = min(self._retry.delay(n, self._rand), left)
@@ -120,16 +131,17 @@ class ResultReporter:
         elif self._stop.wait(seconds):
             raise ResultNotDelivered("agent stopping")
 
-    def _try(self, job: dict, state: str, body: bytes) -> tuple[Optional[str], str]:
-        """One POST: (the endpoint's outcome, "") or (None, why it failed for now)."""
+    def _try(self, job: dict, state: str, body: bytes) -> tuple[Optional[dict], str]:
+        """One POST: (the endpoint's answer, "") or (None, why it failed for now)."""
         headers = sign_headers(self._key, job["facility_group_id"], job["gateway_id"], body, int(time.time()))
         req = urllib.request.Request(self._url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 try:
-                    return json.loads(resp.read() or b"{}").get("outcome", "applied"), ""
+                    answer = json.loads(resp.read() or b"{}")
                 except ValueError:
-                    return "applied", ""
+                    answer = None
+                return (answer if isinstance(answer, dict) else {"outcome": "applied"}), ""
         except urllib.error.HTTPError as e:
             if e.code in _FINAL_REFUSALS:
                 raise ResultRefused(f"result endpoint refused {state} for {job['job_id']}: HTTP {e.code}") from None

@@ -127,6 +127,7 @@ locals {
     ARCHSYNC_DEAD_LETTER_TOPIC          = google_pubsub_topic.dead_letter["inbound"].name
     ARCHSYNC_DISPATCH_GRACE_SECONDS     = tostring(var.dispatch_grace_seconds)
     ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS  = tostring(var.attempt_allowance_seconds)
+    ARCHSYNC_MAX_RESULT_WINDOW_SECONDS  = tostring(var.max_result_window_seconds)
     ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS = tostring(var.signature_max_skew_seconds)
     ARCHSYNC_PUBLISH_LEASE_SECONDS      = tostring(var.publish_lease_seconds)
     ARCHSYNC_SWEEP_BATCH_SIZE           = tostring(var.sweep_batch_size)

@@ -87,6 +87,12 @@ variable "attempt_allowance_seconds" {
   default     = 900
 }
 
+variable "max_result_window_seconds" {
+  description = "ARCHSYNC_MAX_RESULT_WINDOW_SECONDS: longest a started job's result window may be extended by gateway progress reports, from its start (above the agent's Pub/Sub lease maximum)."
+  type        = number
+  default     = 43200
+}
+
 variable "signature_max_skew_seconds" {
   description = "ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS: accepted clock skew of the timestamp of a signed job result."
   type        = number

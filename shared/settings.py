@@ -14,6 +14,7 @@ class Settings:
     firestore_database: str = "(default)"
     dispatch_grace_seconds: int = 1800
     attempt_allowance_seconds: int = 900
+    max_result_window_seconds: int = 12 * 3600
     signature_max_skew_seconds: int = 300
     publish_lease_seconds: int = 60
     sweep_batch_size: int = 200
@@ -46,7 +47,7 @@ class Settings:
 
     @property
     def timeout_policy(self) -> TimeoutPolicy:
-        return TimeoutPolicy(self.dispatch_grace_seconds, self.attempt_allowance_seconds)
+        return TimeoutPolicy(self.dispatch_grace_seconds, self.attempt_allowance_seconds, self.max_result_window_seconds)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], function: str = "") -> "Settings":
@@ -64,6 +65,7 @@ class Settings:
             firestore_database=env.get("ARCHSYNC_FIRESTORE_DATABASE", cls.firestore_database),
             dispatch_grace_seconds=num("ARCHSYNC_DISPATCH_GRACE_SECONDS", cls.dispatch_grace_seconds),
             attempt_allowance_seconds=num("ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS", cls.attempt_allowance_seconds),
+            max_result_window_seconds=num("ARCHSYNC_MAX_RESULT_WINDOW_SECONDS", cls.max_result_window_seconds),
             signature_max_skew_seconds=num("ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS", cls.signature_max_skew_seconds),
             publish_lease_seconds=num("ARCHSYNC_PUBLISH_LEASE_SECONDS", cls.publish_lease_seconds),
             sweep_batch_size=num("ARCHSYNC_SWEEP_BATCH_SIZE", cls.sweep_batch_size),
@@ -98,6 +100,7 @@ ENV_VARS = (
     "ARCHSYNC_FIRESTORE_DATABASE",
     "ARCHSYNC_DISPATCH_GRACE_SECONDS",
     "ARCHSYNC_ATTEMPT_ALLOWANCE_SECONDS",
+    "ARCHSYNC_MAX_RESULT_WINDOW_SECONDS",
     "ARCHSYNC_SIGNATURE_MAX_SKEW_SECONDS",
     "ARCHSYNC_PUBLISH_LEASE_SECONDS",
     "ARCHSYNC_SWEEP_BATCH_SIZE",

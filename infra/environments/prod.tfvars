@@ -23,6 +23,7 @@ study_bucket = "platform-prod-studies"
 
 dispatch_grace_seconds     = 1800
 attempt_allowance_seconds  = 900
+max_result_window_seconds  = 43200
 signature_max_skew_seconds = 300
 publish_lease_seconds      = 60
 sweep_schedule             = "*/5 * * * *"

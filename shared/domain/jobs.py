@@ -30,7 +30,7 @@ class GatewayResult:
 class Transition:
     """Outcome of applying a result: ``job`` is the new job (None = nothing to write)."""
 
-    outcome: str  # applied | duplicate | stale | ignored (or a caller's own word when nothing is written)
+    outcome: str  # applied | extended | duplicate | stale | ignored (or a caller's own word when nothing is written)
     job: Optional[Job] = None
     archive_state: Optional[ArchiveState] = None
     lock_released: bool = False
@@ -140,6 +140,15 @@ def apply_result(
         if job.started_at is None and job.state.is_final:
             # A late IN_PROGRESS only fills in the missing started time; the state stays.
             return Transition("applied", dataclasses.replace(job, started_at=min(at, job.completed_at or at)))
+        if job.state is JobState.IN_PROGRESS and job.started_at is not None:
+            # Progress while data flows extends the result window (TimeoutPolicy); an older or
+            # repeated post, or one within progress_step of the last, writes nothing.
+            deadline = policy.deadline_after_progress(job.deadline, job.started_at, at, job.max_retries,
+                                                      job.retry_timeout_seconds)
+            if (deadline - job.deadline).total_seconds() < policy.progress_step_seconds:
+                return Transition("duplicate")
+            counts = dict(result.counts) if result.counts else job.counts
+            return Transition("extended", dataclasses.replace(job, deadline=deadline, counts=counts))
         return Transition("duplicate" if job.state is JobState.IN_PROGRESS else "ignored")
 
     if not result.state.is_final:

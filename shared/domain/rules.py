@@ -117,10 +117,23 @@ class TimeoutPolicy:
     ``dispatch_grace`` covers a gateway pulling the job late; ``attempt_allowance`` bounds one
     whole-study send. The deadline counts from the queued time, and is recomputed from the
     started time when the gateway reports IN_PROGRESS.
+
+    Progress (issue 13 item 3): while data flows the gateway posts IN_PROGRESS again, with counts
+    (at most once a minute by default). Each such post moves the deadline to
+        min(progress time + window(started), started + max_window)
+    and never back: a large study on a slow link is not declared UNKNOWN (nor its order lock
+    released) while it is still being sent, and a gateway that stops reporting is still timed out
+    one whole window after its last sign of life. ``max_window`` bounds a job whose gateway keeps
+    reporting forever (a stuck loop): it must exceed the agent's Pub/Sub lease maximum
+    (docs/gateway-agent.md), after which the message would be redelivered anyway.
     """
 
     dispatch_grace_seconds: int = 1800
     attempt_allowance_seconds: int = 900
+    max_window_seconds: int = 12 * 3600
+    # A progress post that moves the deadline by less than this writes nothing: at most one job
+    # write a minute per job whatever a gateway sends (Firestore: ~1 write/s per document).
+    progress_step_seconds: int = 60
 
     def _work(self, max_retries: int, retry_timeout_seconds: int) -> int:
         return (max_retries + 1) * self.attempt_allowance_seconds + max_retries * retry_timeout_seconds
@@ -131,3 +144,10 @@ class TimeoutPolicy:
 
     def deadline_from_started(self, started_at: datetime, max_retries: int, retry_timeout_seconds: int) -> datetime:
         return started_at + timedelta(seconds=self._work(max_retries, retry_timeout_seconds))
+
+    def deadline_after_progress(self, deadline: datetime, started_at: datetime, progress_at: datetime,
+                                max_retries: int, retry_timeout_seconds: int) -> datetime:
+        """The deadline once the gateway reported progress at ``progress_at``: later, or unchanged
+        (an older or repeated post never shortens it)."""
+        cap = started_at + timedelta(seconds=self.max_window_seconds)
+        return max(deadline, min(self.deadline_from_started(progress_at, max_retries, retry_timeout_seconds), cap))

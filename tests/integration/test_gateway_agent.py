@@ -409,7 +409,7 @@ def test_adt_job_is_sent_over_mllp_and_its_ack_checked(world, code, state):
 
 class _Reporter:
     def __init__(self, fail_on=None, error=None):
-        self.posted, self.fail_on, self.error = [], fail_on, error
+        self.posted, self.fail_on, self.error, self.open = [], fail_on, error, False
 
     def post(self, job, state, reason=None, counts=None, patient=False):
         if state == self.fail_on:
@@ -417,12 +417,18 @@ class _Reporter:
         self.posted.append(state)
         return "applied"
 
+    def attempt_open(self, job):  # the cloud's answer for a message past its deadline
+        if self.fail_on == "IN_PROGRESS":
+            raise self.error
+        self.posted.append("IN_PROGRESS?")
+        return self.open
+
 
 class _Runner:
     def __init__(self):
         self.runs = 0
 
-    def run(self, job):
+    def run(self, job, progress=lambda counts: None):
         self.runs += 1
         return Outcome("COMPLETED", None, {"total": 1, "sent": 1})
 
@@ -468,4 +474,148 @@ def test_a_result_refused_for_good_acks_and_malformed_or_expired_messages_are_se
     expired = job(port=1, job_id="archive-" + "b" * 32,
                   result_deadline=(datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat())
     reporter = _Reporter()
-    assert agent.handle(d, runner, reporter, json.dumps(expired).encode()) == "ack" and reporter.posted == []
+    assert agent.handle(d, runner, reporter, json.dumps(expired).encode()) == "ack"
+    assert reporter.posted == ["IN_PROGRESS?"] and runner.runs == 0  # the cloud closed it: skipped
+
+
+def test_an_expired_message_whose_window_progress_extended_is_still_done():
+    """Issue 13 item 3: the redelivery of a long job whose agent died may come after the deadline
+    written in the message; the cloud's window was extended by progress, so the job goes on."""
+    agent, runner = _agent(), _Runner()
+    d = agent.cfg.deliveries[0]
+    expired = job(port=1, result_deadline=(datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat())
+    reporter = _Reporter()
+    reporter.open = True
+    assert agent.handle(d, runner, reporter, json.dumps(expired).encode()) == "ack"
+    assert runner.runs == 1 and reporter.posted == ["IN_PROGRESS?", "COMPLETED"]
+    # The endpoint cannot say: left for redelivery, not dropped and not done blindly.
+    down = _Reporter("IN_PROGRESS", ResultNotDelivered("down"))
+    other = job(port=1, job_id="archive-" + "c" * 32, result_deadline=expired["result_deadline"])
+    assert agent.handle(d, runner, down, json.dumps(other).encode()) == "nack" and runner.runs == 1
+
+
+# -- jobs that last hours, mid-study failures (issue 13 items 3 and 4) --------------------------
+
+def test_the_archive_going_away_mid_study_and_coming_back_within_the_retries_stores_each_instance_once(world):
+    """Issue 13 item 4: after 50 of 200 instances the archive disappears (associations aborted,
+    connections refused) and comes back within the destination's retries: the job completes and
+    the archive took each instance exactly once."""
+    import time
+
+    files = world.study(200)
+    archive = world.archive
+    gone = threading.Event()
+    original = archive._on_store
+
+    def store_then_vanish(event):
+        status = original(event)
+        if archive.stores == 50 and not gone.is_set():
+            gone.set()
+            threading.Thread(target=archive.stop, daemon=True).start()  # not from its own association thread
+        return status
+
+    archive._server.unbind(evt.EVT_C_STORE, original)
+    archive._server.bind(evt.EVT_C_STORE, store_then_vanish)
+    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project), Network(5, 3, 3), CommitmentWaiter(),
+                       work_dir=world.runner._work_dir, sleep=time.sleep)  # real waits between tries
+    result: dict = {}
+    msg = job(port=archive.port, uri=world.uri, max_retries=10)  # the contract's maximum, 1 s apart
+    msg["destination"]["retry"]["retry_timeout_seconds"] = 1
+    worker = threading.Thread(target=lambda: result.setdefault("out", runner.run(msg)), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 600  # 200 files fetched first, on a loaded machine
+    while archive._server is not None or not gone.is_set():  # wait until it is really gone
+        assert time.monotonic() < deadline and worker.is_alive(), "the archive never went away"
+        time.sleep(0.05)
+    time.sleep(1.5)  # stays away long enough for at least one try to find it gone
+    archive.restart()
+    archive._server.unbind(evt.EVT_C_STORE, original)  # the restarted server has the plain handler
+    archive._server.bind(evt.EVT_C_STORE, original)
+    worker.join(300)
+    out = result["out"]
+    assert out.state == "COMPLETED", out.reason
+    assert archive.study(STUDY) == {f.sop_instance_uid for f in files}
+    assert archive.stores_by_uid == {f.sop_instance_uid: 1 for f in files}  # exactly once each
+    # The instance in flight when the archive went away may have been kept without its response
+    # reaching the agent: the next try's C-FIND finds it (already_present), it is not sent again.
+    c = out.counts
+    assert c["total"] == 200 and c["sent"] + c["already_present"] == 200 and c["sent"] >= 199 and c["failed"] == 0
+
+
+def test_a_study_larger_than_the_free_disk_space_is_not_fetched_and_says_so(world, tmp_path):
+    world.study(2)
+    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project, free_disk_margin_mb=10**9), Network(5, 3, 3),
+                       CommitmentWaiter(), work_dir=str(tmp_path), sleep=world.sleeps.append)
+    out = runner.run(job(port=world.archive.port, uri=world.uri, max_retries=1))
+    assert out.state == "FAILED" and "after 2 attempts" in out.reason  # retryable: space may be freed
+    assert "not enough free disk space in WORK_DIR" in out.reason and "need 1000000001 MB" in out.reason
+    assert "have " in out.reason and world.archive.stores == 0
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded, spool removed
+
+
+def test_progress_is_reported_as_files_are_fetched_and_stored(world):
+    world.study(5)
+    seen: list[dict] = []
+    out = world.runner.run(job(port=world.archive.port, uri=world.uri), seen.append)
+    assert out.state == "COMPLETED"
+    fetched = [c for c in seen if c["sent"] == 0]
+    assert sorted(c["fetched"] for c in fetched) == [1, 2, 3, 4, 5] and {c["total"] for c in fetched} == {5}
+    assert [c["sent"] for c in seen if c["sent"]] == [1, 2, 3, 4, 5]
+    for c in seen:
+        validate("job-result.v1", json.loads(result_body(job(port=1), "IN_PROGRESS", counts=c)))
+
+
+def test_progress_reports_are_rate_limited_and_never_block_the_send():
+    from gateway_agent.progress import ProgressReporter
+
+    clock = [0.0]
+    release, posted = threading.Event(), []
+
+    def post(counts):
+        posted.append(counts["sent"])
+        release.wait(10)
+
+    p = ProgressReporter(post, 60, monotonic=lambda: clock[0])
+    for sent in range(1, 200):  # 199 files stored within the first minute: nothing (the start post counts)
+        p({"total": 1000, "sent": sent})
+    assert posted == []
+    clock[0] = 61
+    p({"total": 1000, "sent": 200})  # due: posted on a background thread, which is held...
+    clock[0] = 200
+    p({"total": 1000, "sent": 201})  # ...so this one is dropped, without waiting
+    release.set()
+    p.join()
+    assert posted == [200]
+    clock[0] = 262
+    p({"total": 1000, "sent": 300})
+    p.join()
+    assert posted == [200, 300] and p.posted == 2
+
+
+def test_stale_spool_directories_of_a_dead_run_are_removed_at_start_up_and_nothing_else(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from gateway_agent.spool import ROOT_NAME, Spool
+
+    live = Spool(str(tmp_path))  # another agent on the same work_dir, still running
+    live_dir = live.open()
+    (live_dir / "job-1").mkdir()
+    # A run whose agent was killed: its process held the lock until it died.
+    code = ("import sys; from gateway_agent.spool import Spool; s = Spool(sys.argv[1]); d = s.open(); "
+            "(d / 'archive-x-abc').mkdir(); (d / 'archive-x-abc' / '000001.dcm').write_bytes(b'x' * 1000); "
+            "print(d, flush=True); import os; os._exit(0)")
+    dead_dir = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                              check=True, cwd=os.getcwd()).stdout.strip()
+    assert os.path.isdir(dead_dir)
+    (tmp_path / "operator-notes").mkdir()  # not the agent's
+    (tmp_path / ROOT_NAME / "readme.txt").write_text("not a run directory")
+    mine = Spool(str(tmp_path))
+    mine.open()
+    assert not os.path.exists(dead_dir)
+    assert (live_dir / "job-1").is_dir() and (tmp_path / "operator-notes").is_dir()
+    assert (tmp_path / ROOT_NAME / "readme.txt").exists()
+    mine.close()
+    live.close()
+    assert sorted(p.name for p in (tmp_path / ROOT_NAME).iterdir()) == ["readme.txt"]

@@ -151,3 +151,46 @@ def test_lock_status_bad_path_is_400(function_env, path):
 
 def test_lock_status_wrong_method(function_env):
     assert load_app("lock_status").post("/v1/facility-groups/fg-1/exams/exam-1/lock").status_code == 405
+
+
+def test_progress_keeps_a_long_send_open_until_it_stops_then_it_times_out(world):
+    """Issue 13 item 3: a big study on a slow link is not declared UNKNOWN, nor its order lock
+    released, while the gateway reports progress; once progress stops it times out one window
+    (from the start time, 3 * 300 + 2 * 30 s here) after the last report."""
+    from shared.services.results import ResultService
+    from shared.signing import sign_headers
+
+    [out] = trigger(world, "PENDING")
+    results = ResultService(world.store, world.secrets, world.clock, POLICY, 300)
+
+    def post(state, at, counts=None):
+        body = result_body(out.job_id, state, time=at, **({"counts": counts} if counts else {}))
+        return results.handle(sign_headers(RESULT_KEY, "fg-1", "gw-1", body, int(world.clock.now().timestamp())), body)
+
+    started = world.clock.now()
+    assert post("IN_PROGRESS", started).outcome == "applied"
+    window = timedelta(seconds=3 * 300 + 2 * 30)
+    assert world.store.get_job("fg-1", out.job_id).deadline == started + window
+    for minute in range(1, 40):  # 39 minutes of data flowing, a report a minute: twice the window
+        world.clock.advance(seconds=60)
+        t = post("IN_PROGRESS", world.clock.now(), {"total": 2000, "fetched": 2000, "sent": minute * 50})
+        assert t.outcome == "extended"
+        assert sweep(world).timed_out == []
+    last = world.clock.now()
+    job = world.store.get_job("fg-1", out.job_id)
+    assert job.state.value == "IN_PROGRESS" and job.deadline == last + window
+    assert job.counts == {"total": 2000, "fetched": 2000, "sent": 1950}
+    assert world.store.lock_holders("fg-1", "exam-1")
+    # A delayed older report neither shortens the window nor rolls the counts back.
+    assert post("IN_PROGRESS", last - timedelta(minutes=5), {"total": 2000, "sent": 10}).outcome == "duplicate"
+    assert world.store.get_job("fg-1", out.job_id).counts["sent"] == 1950
+    world.clock.advance(seconds=window.total_seconds() - 1)
+    assert sweep(world).timed_out == [] and world.store.lock_holders("fg-1", "exam-1")
+    world.clock.advance(seconds=1)
+    assert sweep(world).timed_out == [out.job_id]
+    assert [a.state.value for a in world.store.archive_states("fg-1", "exam-1")] == ["UNKNOWN"]
+    assert world.store.lock_holders("fg-1", "exam-1") == []
+    # A report after the timeout changes nothing: UNKNOWN stays, the lock is not taken again.
+    assert post("IN_PROGRESS", world.clock.now(), {"total": 2000, "sent": 1999}).outcome == "ignored"
+    assert world.store.get_job("fg-1", out.job_id).state.value == "FAILED"
+    assert world.store.lock_holders("fg-1", "exam-1") == []

@@ -134,3 +134,38 @@ def test_only_archive_jobs_set_archive_state():
     j = job(type=JobType.DICOM)
     t = apply_result(j, GatewayResult(j.id, 1, JobState.COMPLETED, T0), now=NOW, policy=POLICY)
     assert t.archive_state is None
+
+
+# -- progress extends the result window (issue 13 item 3) ------------------------------------
+
+def _progress(j: Job, minutes: float, now_minutes: float, policy: TimeoutPolicy, counts=None):
+    return apply_result(j, GatewayResult(j.id, j.attempt, JobState.IN_PROGRESS, T0 + timedelta(minutes=minutes), counts=counts),
+                        now=T0 + timedelta(minutes=now_minutes), policy=policy)
+
+
+def test_progress_extends_the_window_and_never_shortens_it():
+    p = TimeoutPolicy(dispatch_grace_seconds=600, attempt_allowance_seconds=900, max_window_seconds=6 * 3600)
+    j = job(max_retries=1, retry_timeout_seconds=60)
+    j = _progress(j, 1, 1, p).job  # started: window(started) = 2 * 900 + 60 s
+    assert j.state is JobState.IN_PROGRESS and j.deadline == T0 + timedelta(minutes=1, seconds=1860)
+    t = _progress(j, 30, 30, p, counts={"total": 200, "sent": 40})
+    assert t.outcome == "extended" and t.job.deadline == T0 + timedelta(minutes=30, seconds=1860)
+    assert t.job.counts == {"total": 200, "sent": 40} and t.job.lock_held
+    j = t.job
+    # An older post arriving late, a repeat, or one less than a minute later writes nothing.
+    for minutes in (10, 30, 30.5):
+        assert _progress(j, minutes, 31, p, counts={"total": 200, "sent": 1}).outcome == "duplicate"
+    # A gateway clock ahead of ours is clamped to receipt time.
+    assert _progress(j, 500, 40, p).job.deadline == T0 + timedelta(minutes=40, seconds=1860)
+    # Bounded: never beyond started + max window, however long progress keeps coming.
+    t = _progress(j, 5 * 60 + 50, 5 * 60 + 50, p)
+    assert t.job.deadline == j.started_at + timedelta(hours=6)
+    assert _progress(t.job, 5 * 60 + 59, 5 * 60 + 59, p).outcome == "duplicate"
+
+
+def test_progress_after_a_final_result_changes_nothing():
+    j, _ = run(job(), ["IN_PROGRESS", "COMPLETED"])
+    t = _progress(j, 50, 50, POLICY, counts={"total": 2, "sent": 1})
+    assert t.outcome == "ignored" and t.job is None
+    timed_out = time_out(run(job(), ["IN_PROGRESS"])[0], now=T0 + timedelta(days=1)).job
+    assert _progress(timed_out, 60 * 23, 60 * 24, POLICY).outcome == "ignored"  # UNKNOWN stays; the lock is gone
