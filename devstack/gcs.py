@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from devstack import cel, gcs_access
-from devstack.processes import Service, free_port
+from devstack.processes import Service, on_free_port
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -74,11 +74,10 @@ def fake_gcs_binary() -> Path:
 
 def start_gcs(log_dir: Optional[Path] = None) -> Service:
     """Start fake-gcs-server (HTTP, in-memory) on a free loopback port; ready when it lists buckets."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-            "-port", str(port), "-external-url", url, "-log-level", "warn"]
-    return Service("fake-gcs-server", argv, port, "/storage/v1/b", log_dir=log_dir, ready_timeout=20.0)
+    return on_free_port(lambda port: Service("fake-gcs-server", [
+        str(fake_gcs_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
+        "-external-url", f"http://127.0.0.1:{port}", "-log-level", "warn"], port, "/storage/v1/b", log_dir=log_dir,
+        ready_timeout=20.0))
 
 
 def emulator_url(service: Service) -> str:

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 SDK = Path(os.environ.get("ARCHSYNC_GCLOUD_SDK", "/usr/lib/google-cloud-sdk"))
 REPO = Path(__file__).resolve().parent.parent
@@ -74,30 +74,41 @@ class Service:
 _JVM = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
 
 
+def on_free_port(start: Callable[[int], Service], attempts: int = 3) -> Service:
+    """``start(port)`` on a free port, again on another if it fails: between free_port() closing
+    its probe socket and the child binding the port, another process (a second test run on the
+    same machine) may take it ("Address already in use")."""
+    for attempt in range(attempts):
+        try:
+            return start(free_port())
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_firestore(log_dir: Optional[Path] = None) -> Service:
     jar = SDK / "platform/cloud-firestore-emulator/cloud-firestore-emulator.jar"
-    port = free_port()
-    argv = ["java", "-Duser.language=en", *_JVM, "-cp", str(jar),
-            "com.google.cloud.datastore.emulator.firestore.CloudFirestore", "--host", "127.0.0.1", "--port", str(port)]
-    return Service("firestore-emulator", argv, port, "/", log_dir=log_dir)
+    return on_free_port(lambda port: Service("firestore-emulator", [
+        "java", "-Duser.language=en", *_JVM, "-cp", str(jar), "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
+        "--host", "127.0.0.1", "--port", str(port)], port, "/", log_dir=log_dir))
 
 
 def start_pubsub(log_dir: Optional[Path] = None) -> Service:
     jars = sorted(glob.glob(str(SDK / "platform/pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar")))
     if not jars:
         raise RuntimeError("Pub/Sub emulator jar not found: is the Google Cloud CLI installed?")
-    port = free_port()
-    argv = ["java", *_JVM, "-jar", jars[-1], "--host=127.0.0.1", f"--port={port}"]
-    return Service("pubsub-emulator", argv, port, "/", log_dir=log_dir)
+    return on_free_port(lambda port: Service(
+        "pubsub-emulator", ["java", *_JVM, "-jar", jars[-1], "--host=127.0.0.1", f"--port={port}"], port, "/",
+        log_dir=log_dir))
 
 
 def start_function(target: str, env: Mapping[str, str], log_dir: Optional[Path] = None) -> Service:
     """Serve functions/<target>/main.py with functions-framework, ``shared`` importable from the repo."""
-    port = free_port()
-    argv = [sys.executable, "-m", "functions_framework", "--target", target,
-            "--source", str(REPO / "functions" / target / "main.py"), "--host", "127.0.0.1", "--port", str(port)]
     env = {**env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return Service(target, argv, port, "/__ready__", env=env, log_dir=log_dir)
+    return on_free_port(lambda port: Service(target, [
+        sys.executable, "-m", "functions_framework", "--target", target, "--source", str(REPO / "functions" / target / "main.py"),
+        "--host", "127.0.0.1", "--port", str(port)], port, "/__ready__", env=env, log_dir=log_dir))
 
 
 def reset_firestore(host: str, project: str) -> None:
