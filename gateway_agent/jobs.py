@@ -156,8 +156,9 @@ class JobRunner:
         tally = Tally()
         progress = state["progress"]
 
-        def stored(inst: Instance) -> None:
-            # As each one is stored (issue 13 item 3): the caller rate-limits what it posts.
+        def report(*_: object) -> None:
+            # As each file is fetched and each instance stored (issue 13 item 3); the caller
+            # rate-limits what it posts.
             progress({"total": len(names), "fetched": len(tally.found), "sent": len(sent)})
 
         try:
@@ -165,7 +166,7 @@ class JobRunner:
                 ep, bucket, names, state["spool"] / "files", study_uid=study_uid, where=where,
                 wanted=set(wanted) if wanted else None, excluded=excluded, transfer_syntax=dest.get("transfer_syntax_uid"),
                 query_held=not job.get("object_uri"), sent=sent, known=known, job_id=job["job_id"], tally=tally,
-                on_stored=stored)
+                on_stored=report, on_fetched=report)
         except FetchError as e:
             state["counts"] = _counts(tally, wanted, excluded, sent)
             if tally.foreign:

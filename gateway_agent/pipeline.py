@@ -67,7 +67,8 @@ class SendPipeline:
     def run(self, ep: Endpoint, bucket: str, names: list[str], spool: Path, *, study_uid: str, where: str,
             wanted: Optional[set[str]], excluded: set[str], transfer_syntax: Optional[str],
             query_held: bool, sent: set[str], known: dict[str, Optional[Instance]], job_id: str, tally: Tally,
-            on_stored: Callable[[Instance], None] = lambda i: None) -> Tally:
+            on_stored: Callable[[Instance], None] = lambda i: None,
+            on_fetched: Callable[[], None] = lambda: None) -> Tally:
         """Fetch ``names`` from ``bucket`` and C-STORE the instances the job sends. ``sent`` (SOP
         Instance UIDs stored by earlier attempts) and ``known`` (object name -> identity, None =
         not DICOM) are the job's memory across attempts and are updated in place, as is ``tally``
@@ -149,6 +150,8 @@ class SendPipeline:
                 with lock:
                     known[name] = inst
                     tally.found[inst.sop_instance_uid] = inst
+                on_fetched()  # progress while a long download runs (issue 13 item 3)
+                with lock:
                     skip = (inst.sop_instance_uid in claimed or inst.sop_instance_uid in sent
                             or (wanted is not None and inst.sop_instance_uid not in wanted)
                             or inst.sop_class_uid in excluded)

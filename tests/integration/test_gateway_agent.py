@@ -558,9 +558,10 @@ def test_progress_is_reported_as_files_are_fetched_and_stored(world):
     seen: list[dict] = []
     out = world.runner.run(job(port=world.archive.port, uri=world.uri), seen.append)
     assert out.state == "COMPLETED"
-    fetched = [c for c in seen if c["sent"] == 0]
-    assert sorted(c["fetched"] for c in fetched) == [1, 2, 3, 4, 5] and {c["total"] for c in fetched} == {5}
-    assert [c["sent"] for c in seen if c["sent"]] == [1, 2, 3, 4, 5]
+    # Fetching and storing overlap (several associations): reports come from both, in any order.
+    assert {c["total"] for c in seen} == {5} and len(seen) >= 10  # one per file fetched, one per instance stored
+    assert max(c["fetched"] for c in seen) == 5 and max(c["sent"] for c in seen) == 5
+    assert all(c["sent"] <= c["fetched"] <= c["total"] for c in seen)
     for c in seen:
         validate("job-result.v1", json.loads(result_body(job(port=1), "IN_PROGRESS", counts=c)))
 
