@@ -100,7 +100,7 @@ CODE_MUTATIONS = [
              "c.pubsub.grant_subscription_role(res.subscription_id, SUBSCRIBER_ROLE, self._members(email))", "pass"),
     Mutation("code Pub/Sub service agent on the gateway subscription", "shared/services/provisioning.py",
              'return [f"serviceAccount:{email}"] + ([f"serviceAccount:{agent}"] if agent else [])',
-             'return [f"serviceAccount:{email}"]'),
+             'return [f"serviceAccount:{email}"] + ([] if agent else [])'),  # agent still used: no lint error
     Mutation("code bucket_binding (generated objects prefix)", "shared/services/provisioning.py",
              "c.bucket_iam.grant_prefix_reader(s.objects_bucket, member, res.objects_prefix)", "pass"),
     Mutation("code study_binding (study prefix, listing)", "shared/services/provisioning.py",
