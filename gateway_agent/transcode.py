@@ -155,33 +155,44 @@ def _decode(ds, src: Path, own: str) -> None:
             ds.LossyImageCompressionMethod = _LOSSY_METHOD[own]
 
 
+# GDCM's pipeline objects (reader, change, writer) share buffers across its SWIG proxies: run in a
+# child process, a native crash in it fails one instance's conversion instead of the agent.
+_GDCM_DECODE = """
+import sys, gdcm
+reader = gdcm.ImageReader(); reader.SetFileName(sys.argv[1])
+if not reader.Read(): sys.exit("GDCM cannot read the file")
+change = gdcm.ImageChangeTransferSyntax()
+change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.ExplicitVRLittleEndian))
+change.SetInput(reader.GetImage())
+if not change.Change(): sys.exit("GDCM failed")
+writer = gdcm.ImageWriter(); writer.SetFileName(sys.argv[2])
+writer.SetFile(reader.GetFile()); writer.SetImage(change.GetOutput())
+if not writer.Write(): sys.exit("GDCM could not write the result")
+"""
+
+
 def _decode_with_gdcm(ds, src: Path) -> None:
+    import importlib.util
+    import subprocess
+    import sys
     import tempfile
 
     from pydicom import dcmread
     from pydicom.uid import ExplicitVRLittleEndian
 
-    try:
-        import gdcm
-    except ImportError:
-        raise TranscodeRefused("cannot decode 12-bit JPEG Extended: python-gdcm is not installed") from None
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(src))
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.ExplicitVRLittleEndian))
-    if not reader.Read():
-        raise TranscodeRefused("cannot decode JPEG Extended: GDCM cannot read the file")
-    change.SetInput(reader.GetImage())
-    if not change.Change():
-        raise TranscodeRefused("cannot decode JPEG Extended: GDCM failed")
+    if importlib.util.find_spec("gdcm") is None:
+        raise TranscodeRefused("cannot decode 12-bit JPEG Extended: python-gdcm is not installed")
     with tempfile.TemporaryDirectory(dir=src.parent) as tmp:
-        writer = gdcm.ImageWriter()
-        writer.SetFileName(str(Path(tmp) / "decoded.dcm"))
-        writer.SetFile(reader.GetFile())
-        writer.SetImage(change.GetOutput())
-        if not writer.Write():
-            raise TranscodeRefused("cannot decode JPEG Extended: GDCM could not write the result")
-        decoded = dcmread(Path(tmp) / "decoded.dcm")
+        out = Path(tmp) / "decoded.dcm"
+        try:
+            done = subprocess.run([sys.executable, "-c", _GDCM_DECODE, str(src), str(out)], capture_output=True,
+                                  text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise TranscodeRefused("cannot decode JPEG Extended: GDCM took more than 300 s") from None
+        if done.returncode != 0 or not out.exists():
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:200]
+            raise TranscodeRefused(f"cannot decode JPEG Extended: {why}")
+        decoded = dcmread(out)
     # Only the pixels come from GDCM; every other attribute stays as the source had it.
     for kw in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel"):
         if decoded.get(kw) != ds.get(kw):
