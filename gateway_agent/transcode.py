@@ -15,6 +15,7 @@ Rules (README "Transcoding and codecs"):
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -37,6 +38,9 @@ LOSSY_SYNTAXES = frozenset({JPEG_BASELINE, JPEG_EXTENDED, JPEG_LS_NEAR_LOSSLESS}
 # PS3.3 C.7.6.1.1.5 Lossy Image Compression Method, recorded when a lossy image is decoded.
 _LOSSY_METHOD = {JPEG_BASELINE: "ISO_10918_1", JPEG_EXTENDED: "ISO_10918_1", JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1",
                  J2K: "ISO_15444_1"}
+
+
+_CODEC_LOCK = threading.Lock()
 
 
 class TranscodeRefused(Exception):
@@ -114,7 +118,12 @@ def convert(src: Path, target: str, out_dir: Path) -> Path:
     if why:
         raise TranscodeRefused(why)
     has_pixels = "PixelData" in ds
-    with warnings.catch_warnings():
+    # One conversion at a time in the process: the send pipeline stores on several associations
+    # (threads), and the native codecs (GDCM, OpenJPEG, CharLS through pydicom's plugins) are not
+    # safe to call concurrently: two concurrent encodes crashed the process (SIGSEGV in
+    # pydicom.encaps.encapsulate). Transcoding is the exception, not the rule, so this costs little.
+    # (warnings.catch_warnings is not thread-safe either: it swaps a process-wide filter list.)
+    with _CODEC_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's warnings about the source's minor flaws
         if has_pixels and UID(own).is_compressed:
             _decode(ds, src, own)
