@@ -507,11 +507,16 @@ def test_the_archive_going_away_mid_study_and_coming_back_within_the_retries_sto
     gone = threading.Event()
     original = archive._on_store
 
+    once = threading.Lock()
+
     def store_then_vanish(event):
         status = original(event)
-        if archive.stores == 50 and not gone.is_set():
-            gone.set()
-            threading.Thread(target=archive.stop, daemon=True).start()  # not from its own association thread
+        # ">=" and a lock: with several store associations, stores land concurrently and the
+        # count may pass 50 between two handlers' checks.
+        with once:
+            if archive.stores >= 50 and not gone.is_set():
+                gone.set()
+                threading.Thread(target=archive.stop, daemon=True).start()  # not from its own association thread
         return status
 
     archive._server.unbind(evt.EVT_C_STORE, original)
