@@ -251,6 +251,11 @@ class Network:
         except (ValueError, AttributeError) as e:  # no accepted presentation context for this SOP class / syntax
             report.failed[inst.sop_instance_uid] = f"not accepted by {ep}: {e}"[:300]
             return
+        except RuntimeError:
+            # pynetdicom: "The association with a peer SCP must be established before sending a
+            # C-STORE request": the archive aborted it after the check above (it went away
+            # mid-study). The attempt fails, retryable; the next one resends only what is missing.
+            raise DimseError(f"Association with {ep} aborted during C-STORE") from None
         finally:
             if converted is not None:
                 converted.unlink(missing_ok=True)
