@@ -179,16 +179,33 @@ class Agent:
 
     # -- Pub/Sub ----------------------------------------------------------------------------
     def _subscriber_client(self, d: JobDelivery):
-        """A subscriber authenticated as the delivery's service account, always (one code path).
-        Note: google-cloud-pubsub itself replaces the credentials by anonymous ones when
-        PUBSUB_EMULATOR_HOST is set (the emulator has no auth); that is the library's behaviour, not
-        a branch of ours."""
+        """A subscriber authenticated as the delivery's service account, on one code path: our own
+        authorized channel and transport to ``pubsub_endpoint``. (Without an explicit transport,
+        google-cloud-pubsub switches to anonymous credentials when PUBSUB_EMULATOR_HOST is set: the
+        agent never relies on that variable.) Every call carries the account's access token, from
+        the key's token_uri."""
+        import ipaddress
+
+        import grpc
+        from google.auth.transport.grpc import secure_authorized_channel
+        from google.auth.transport.requests import Request
         from google.cloud import pubsub_v1
         from google.oauth2 import service_account
+        from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
         creds = service_account.Credentials.from_service_account_info(
             d.service_account_info, scopes=["https://www.googleapis.com/auth/pubsub"])
-        return pubsub_v1.SubscriberClient(credentials=creds)
+        host = self.cfg.pubsub_endpoint.rpartition(":")[0].strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        # TLS to anything but this machine; gRPC's local credentials (loopback only, still with
+        # per-call credentials) for an endpoint on it.
+        ssl = grpc.local_channel_credentials() if loopback else grpc.ssl_channel_credentials()
+        channel = secure_authorized_channel(creds, Request(), self.cfg.pubsub_endpoint, ssl_credentials=ssl,
+                                            options=[("grpc.max_receive_message_length", -1)])
+        return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
 
     def start(self) -> "Agent":
         from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler

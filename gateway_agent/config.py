@@ -91,6 +91,10 @@ class AgentConfig:
     progress_interval_seconds: float = 60.0
     # Free space kept in work_dir beyond the study's size before fetching it.
     free_disk_margin_mb: float = 512.0
+    # Pub/Sub's gRPC endpoint (host:port): Google's by default; a Private Service Connect endpoint
+    # on a restricted network. A loopback endpoint (the local stack) is plaintext: gRPC's local
+    # channel credentials, which still carry the service account's token on every call.
+    pubsub_endpoint: str = "pubsub.googleapis.com:443"
 
     @property
     def lease_seconds(self) -> float:
@@ -179,7 +183,12 @@ def parse(raw: Any) -> AgentConfig:
         rr = RetryPolicy(*(_positive(rr_raw, k, getattr(rr, k), rr_errors)
                            for k in ("initial_seconds", "max_interval_seconds", "max_seconds")))
         errors.update({f"result_retry.{k}": v for k, v in rr_errors.items()})
+    endpoint = raw.get("pubsub_endpoint", AgentConfig.pubsub_endpoint)
+    if not isinstance(endpoint, str) or not endpoint.rpartition(":")[2].isdigit() or not endpoint.rpartition(":")[0]:
+        errors["pubsub_endpoint"] = "must be host:port"
+        endpoint = AgentConfig.pubsub_endpoint
     cfg = AgentConfig(
+        pubsub_endpoint=endpoint,
         deliveries=tuple(deliveries),
         max_concurrent_jobs=_positive(raw, "max_concurrent_jobs", 4, errors, int),
         max_outstanding_messages=_positive(raw, "max_outstanding_messages", 8, errors, int),

@@ -46,6 +46,12 @@ def test_completed_exam_is_archived_into_orthanc(e2e, orthanc):
     assert e2e.archive_state("exam-1") == "ARCHIVED"
     assert job["counts"] == {"total": 12, "sent": 12, "already_present": 0, "excluded": 0, "failed": 0}
     assert job["started_at"] and job["completed_at"]
+    # The agent authenticated to Pub/Sub and Cloud Storage with its own key on the production path
+    # (its own authorized channel, not the library's anonymous emulator mode): the IAM stand-in
+    # issued its account a token for each scope.
+    issued = {scope for t in e2e.stack.emulators["iam"]._issued.values()
+              if t.email == e2e.sa_key["client_email"] for scope in t.scopes}
+    assert {"https://www.googleapis.com/auth/pubsub", "https://www.googleapis.com/auth/devstorage.read_only"} <= issued
 
 
 def test_instances_the_archive_holds_are_not_sent_again(e2e, orthanc):
