@@ -148,17 +148,27 @@ class ObjectFetcher:
 
 
 def read_instance(path: Path) -> Optional[Instance]:
-    """The identity of a Part-10 file (header only, no pixel data), or None if it is not one."""
-    from pydicom import dcmread
+    """The identity of a Part-10 file, or None if it is not one. Reading stops after Series
+    Instance UID (0020,000E): the four identifiers are the first of the data set's elements
+    in tag order that the agent needs (PS3.5 7.1: ascending order), so the rest of the header,
+    and the pixel data, are never parsed (this read is on the send path of every instance)."""
     from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_partial
 
     try:
-        ds = dcmread(path, stop_before_pixels=True,
-                     specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
-    except (InvalidDicomError, OSError, ValueError):
+        with open(path, "rb") as f:
+            ds = read_partial(f, stop_when=_after_identity, specific_tags=_IDENTITY)
+    except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
     meta = getattr(ds, "file_meta", None)
-    if meta is None or "SOPInstanceUID" not in ds:
+    if meta is None or "TransferSyntaxUID" not in meta or "SOPInstanceUID" not in ds:
         return None
     return Instance(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.get("SeriesInstanceUID", "")),
                     str(meta.TransferSyntaxUID), path, str(ds.get("StudyInstanceUID", "")))
+
+
+_IDENTITY = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E]  # SOP Class, SOP Instance, Study, Series UIDs
+
+
+def _after_identity(tag, vr, length) -> bool:
+    return tag > 0x0020000E
