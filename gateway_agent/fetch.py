@@ -148,10 +148,24 @@ class ObjectFetcher:
 
 
 def read_instance(path: Path) -> Optional[Instance]:
-    """The identity of a Part-10 file, or None if it is not one. Reading stops after Series
-    Instance UID (0020,000E): the four identifiers are the first of the data set's elements
-    in tag order that the agent needs (PS3.5 7.1: ascending order), so the rest of the header,
-    and the pixel data, are never parsed (this read is on the send path of every instance)."""
+    """The identity of a Part-10 file, or None if it is not one. Read from the raw header
+    (gateway_agent/part10.py: this runs for every instance on the send path), else by pydicom,
+    which stops after Series Instance UID (0020,000E): the four identifiers are the first of the
+    elements the agent needs in tag order (PS3.5 7.1), so the rest of the header and the pixel
+    data are never parsed."""
+    from .part10 import HEAD, SERIES, SOP_CLASS, SOP_INSTANCE, STUDY, Unsupported, identity
+
+    try:
+        with open(path, "rb") as f:
+            syntax, ids = identity(f.read(HEAD))
+        return Instance(ids[SOP_CLASS], ids[SOP_INSTANCE], ids.get(SERIES, ""), syntax, path, ids.get(STUDY, ""))
+    except OSError:
+        return None
+    except Unsupported:
+        return _read_instance_pydicom(path)
+
+
+def _read_instance_pydicom(path: Path) -> Optional[Instance]:
     from pydicom.errors import InvalidDicomError
     from pydicom.filereader import read_partial
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
 
+from gateway_agent.part10 import HEAD, dataset_offset
+
 # PS3.8 9.3.1: PDU types
 _AC, _RJ, _PDATA, _RELEASE_RQ, _RELEASE_RP, _ABORT = 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 _APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
@@ -94,30 +96,6 @@ def parse_command(data: bytes) -> dict[int, bytes]:
     return out
 
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-
-
-def dataset_offset(head: bytes) -> int:
-    """Where the data set starts in a DICOM Part 10 file: after the 128-byte preamble, 'DICM' and
-    the File Meta Information group (PS3.10 7.1), always Explicit VR Little Endian. Walks the
-    group's elements rather than trusting (0002,0000) alone, which some writers get wrong."""
-    if head[128:132] != b"DICM":
-        raise ValueError("not a DICOM Part 10 file")
-    i = 132
-    while i + 8 <= len(head):
-        group, = struct.unpack_from("<H", head, i)
-        if group != 0x0002:
-            return i
-        vr = head[i + 4:i + 6]
-        if vr in _LONG_VRS:
-            length, = struct.unpack_from("<I", head, i + 8)
-            i += 12 + length
-        else:
-            length, = struct.unpack_from("<H", head, i + 6)
-            i += 8 + length
-    raise ValueError("File Meta Information runs past the file's first bytes")
-
-
 class StoreAssociation:
     """One established association proposing only what ``open_association`` was given."""
 
@@ -136,7 +114,7 @@ class StoreAssociation:
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
         with open(path, "rb") as f:
-            f.seek(dataset_offset(f.read(65536)))
+            f.seek(dataset_offset(f.read(HEAD)))
             try:
                 self._sock.settimeout(self._dimse_timeout)
                 self._send_pdvs(context.context_id, 0x01, io.BytesIO(c_store_rq(message_id, sop_class, sop_instance)))

@@ -213,7 +213,7 @@ def study_to_archived(orthanc: Orthanc, sizes: list[int], tmp: Path) -> None:
             files_dir.mkdir()
             for f in files:
                 (files_dir / f"{f.sop_instance_uid}.dcm").write_bytes(f.data)
-            dcmtk = min(_timed(orthanc, count, lambda: _storescu(orthanc, files_dir)) for _ in range(2))
+            dcmtk = min(_timed(orthanc, count, lambda: _storescu(orthanc, files_dir))[0] for _ in range(2))
             rows.append((count, elapsed, dcmtk, usage.ru_maxrss / 1024))
     finally:
         strict.stop()

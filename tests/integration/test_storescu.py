@@ -18,7 +18,8 @@ from pynetdicom import AE, evt
 
 from gateway_agent.dimse import CannotConnect, DimseError, Endpoint, Network, NoAcceptedContext, context_key, proposed_contexts
 from gateway_agent.fetch import read_instance
-from gateway_agent.storescu import c_store_rq, dataset_offset
+from gateway_agent.part10 import dataset_offset
+from gateway_agent.storescu import c_store_rq
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE, IMPLICIT_LE, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"
