@@ -202,6 +202,7 @@ def study_to_archived(orthanc: Orthanc, sizes: list[int], tmp: Path) -> None:
 
                 wait_for(archived, 900, "ARCHIVED")
                 elapsed = time.perf_counter() - t
+                completed_at = time.time() - elapsed
             finally:
                 agent.send_signal(signal.SIGTERM)
                 _, _, usage = os.wait4(agent.pid, 0)
@@ -214,13 +215,50 @@ def study_to_archived(orthanc: Orthanc, sizes: list[int], tmp: Path) -> None:
             for f in files:
                 (files_dir / f"{f.sop_instance_uid}.dcm").write_bytes(f.data)
             dcmtk = min(_timed(orthanc, count, lambda: _storescu(orthanc, files_dir))[0] for _ in range(2))
-            rows.append((count, elapsed, dcmtk, usage.ru_maxrss / 1024))
+            started, finished = _job_times(log_dir / f"agent-{count}.log")
+            fetch = _fetch_only(world, study)
+            rows.append((count, elapsed, dcmtk, usage.ru_maxrss / 1024,
+                         (started - completed_at, finished - started, elapsed - (finished - completed_at), fetch)))
     finally:
         strict.stop()
     print("Exam Completed -> ARCHIVED (strict local stack, agent process, into Orthanc) beside storescu alone, same files:", file=OUT)
-    for count, elapsed, dcmtk, rss in rows:
+    for count, elapsed, dcmtk, rss, _ in rows:
         print(f"  {count:5d} instances: {elapsed:6.1f} s  (storescu {dcmtk:5.1f} s, ratio {elapsed / dcmtk:.2f})   "
               f"agent peak memory {rss:6.1f} MiB", file=OUT)
+    print("  where the time goes: exam event -> job started on the agent (function, Pub/Sub) | the job on the agent"
+          " | result -> ARCHIVED seen | fetching the study alone (8 parallel downloads, gateway key, local storage front):",
+          file=OUT)
+    for count, _, _, _, (to_agent, job, after, fetch) in rows:
+        print(f"  {count:5d} instances: {to_agent:5.1f} s | {job:5.1f} s | {after:5.1f} s | fetch alone {fetch:5.1f} s",
+              file=OUT)
+
+
+def _job_times(agent_log: Path) -> tuple[float, float]:
+    """Epoch seconds of the agent's "job started" and "job finished" log lines."""
+    from datetime import datetime
+
+    times = {}
+    for line in agent_log.read_text().splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if rec.get("message") in ("job started", "job finished"):
+                times.setdefault(rec["message"], datetime.fromisoformat(rec["time"]).timestamp())
+    return times["job started"], times["job finished"]
+
+
+def _fetch_only(world, study: str) -> float:
+    """The study downloaded as the agent downloads it (its fetcher, the gateway's key, 8 at a time
+    through the local authorising storage front), nothing else."""
+    from gateway_agent.fetch import ObjectFetcher
+
+    fetcher = ObjectFetcher(world.sa_key, world.stack.project)
+    into = Path(tempfile.mkdtemp(dir=world.tmp))
+    bucket, names, _ = fetcher.list_prefix(world.uri(study))
+    t = time.perf_counter()
+    fetcher._download_all(bucket, names, into)
+    elapsed = time.perf_counter() - t
+    shutil.rmtree(into)
+    return elapsed
 
 
 def main() -> int:
