@@ -45,7 +45,6 @@ import logging
 import os
 import random
 import re
-import statistics
 import sys
 import tempfile
 import threading
@@ -458,6 +457,7 @@ def run(n_events: int = 10_000, *, groups: int = 4, duplicate_share: float = 0.1
         bench_cpu_before = sum(os.times()[:2])
         counter.deliveries.clear()
 
+        load_before = os.getloadavg()[0]
         t0_wall, t0 = time.time(), time.perf_counter()
         futures = [publisher.publish(exam_topic, json.dumps(e).encode()) for e in stream]
         published = {f.result(timeout=120) for f in futures}
@@ -524,6 +524,7 @@ def run(n_events: int = 10_000, *, groups: int = 4, duplicate_share: float = 0.1
             "dead_lettered": dict(dead_lettered),
             "rss_before_mib": rss_before, "rss_after_mib": rss_after,
             "cpu_seconds": {k: cpu_after[k] - cpu_before[k] for k in procs} | {"benchmark process (publisher, pass-through)": bench_cpu},
+            "load_average": (load_before, os.getloadavg()[0]),
             "log_dir": str(log_dir),
         }
     finally:
@@ -533,6 +534,99 @@ def run(n_events: int = 10_000, *, groups: int = 4, duplicate_share: float = 0.1
             svc.stop()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+# -- where one event's time goes: the handler in-process under cProfile ----------------------------
+# What the handler spends its time in, by the adapter or library call (cumulative time, so nested
+# calls are inside their caller's figure).
+PROFILED = (
+    ("shared/adapters/firestore_store.py", "record_exam", "Firestore: record the exam (set, merge)"),
+    ("shared/adapters/firestore_store.py", "archiving_destinations", "Firestore: destinations with the trigger (2 queries)"),
+    ("shared/adapters/firestore_store.py", "get_gateways", "Firestore: their gateways (batch get)"),
+    ("shared/adapters/firestore_store.py", "create_job", "Firestore: create() the job"),
+    ("shared/adapters/firestore_store.py", "get_job", "Firestore: read the existing job (duplicate)"),
+    ("shared/adapters/firestore_store.py", "mark_published", "Firestore: mark the job published"),
+    ("shared/adapters/pubsub_bus.py", "publish", "Pub/Sub: publish the job message (wait for its id)"),
+    ("shared/contracts/__init__.py", "validate", "JSON Schema validation of the event"),
+    ("shared/logs.py", "log", "structured logging"),
+)
+
+
+def profile(n_events: int, *, groups: int = 4, seed: int = 15, log_dir: Optional[Path] = None) -> dict:
+    """The same kind of stream, handled one event at a time in this process (functions-framework's
+    test client: the entry point, envelope decoding and all) under cProfile, against fresh
+    emulators: milliseconds per event by adapter call."""
+    import base64
+    import cProfile
+    import pstats
+
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="archsync-load-"))
+    project = "archsync-load-profile"
+    fs, ps = processes.start_firestore(log_dir), processes.start_pubsub(log_dir)
+    saved = {k: os.environ.get(k) for k in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "ARCHSYNC_PROJECT_ID")}
+    try:
+        os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "ARCHSYNC_PROJECT_ID": project})
+        import contextlib
+        import io
+
+        import functions_framework
+        from google.cloud import firestore, pubsub_v1
+
+        from shared.adapters.firestore_admin import FirestoreAdminStore
+
+        now = datetime.now(timezone.utc)
+        configure(FirestoreAdminStore(firestore.Client(project=project)), groups, now)
+        publisher = pubsub_v1.PublisherClient()
+        for t in [DEAD_LETTER_TOPIC] + [topic_id(f"fg-load-{g}", gid) for g in range(groups) for gid in GATEWAYS]:
+            publisher.create_topic(name=publisher.topic_path(project, t))
+        client = functions_framework.create_app(
+            target=FUNCTION, source=str(REPO / "functions" / FUNCTION / "main.py")).test_client()
+        headers = {"ce-id": "x", "ce-specversion": "1.0", "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+                   "ce-source": f"//pubsub.googleapis.com/projects/{project}/topics/{EXAM_TOPIC}",
+                   "Content-Type": "application/json"}
+        stream, _, _ = build_stream(n_events + 1, groups, 0.15, now, seed)
+
+        def deliver(i: int, event: dict) -> None:
+            envelope = {"message": {"data": base64.b64encode(json.dumps(event).encode()).decode(), "messageId": str(i)},
+                        "subscription": f"projects/{project}/subscriptions/{PUSH_SUBSCRIPTION}"}
+            r = client.post("/", data=json.dumps(envelope), headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"event {i}: {r.status_code}")
+
+        function_log = open(log_dir / "profile-function.log", "w")
+        with contextlib.redirect_stdout(function_log):  # the function's JSON logs: to the log file
+            deliver(-1, stream[0])  # warm: clients created, schema compiled
+            prof = cProfile.Profile()
+            t0 = time.perf_counter()
+            prof.enable()
+            for i, event in enumerate(stream[1:]):
+                deliver(i, event)
+            prof.disable()
+            wall = time.perf_counter() - t0
+        function_log.close()
+        stats = pstats.Stats(prof, stream=io.StringIO()).stats  # type: ignore[attr-defined]
+        rows = []
+        for path, name, label in PROFILED:
+            calls = cum = 0.0
+            for (file, _line, func), (_cc, nc, _tt, ct, _callers) in stats.items():
+                if func == name and file.endswith(path):
+                    calls, cum = calls + nc, cum + ct
+            rows.append((label, calls / n_events, 1000 * cum / n_events))
+        return {"events": n_events, "ms_per_event": 1000 * wall / n_events, "rows": rows}
+    finally:
+        ps.stop()
+        fs.stop()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def report_profile(p: dict, out: Any = sys.stdout) -> None:
+    print(f"Where one event's time goes ({p['events']} events of the same stream, one at a time, in-process under "
+          f"cProfile, which adds overhead): {p['ms_per_event']:.1f} ms per event", file=out)
+    for label, calls, ms in p["rows"]:
+        print(f"  {label:55s} {calls:5.2f} calls {ms:6.1f} ms", file=out)
+    rest = p["ms_per_event"] - sum(ms for _, _, ms in p["rows"])
+    print(f"  {'the rest (framework, envelope, trigger rule, profiler)':55s} {'':11s} {rest:6.1f} ms", file=out)
 
 
 def verdict(r: dict) -> list[str]:
@@ -571,6 +665,8 @@ def report(r: dict, out: Any = sys.stdout) -> None:
     say(f"  function time per push (ms): p50 {h[0.5]:.0f}  p90 {h[0.9]:.0f}  p99 {h[0.99]:.0f}  max {h[1.0]:.0f}")
     say(f"  publish -> ack latency (s):  p50 {lat[0.5]:.1f}  p90 {lat[0.9]:.1f}  p99 {lat[0.99]:.1f}  max {lat[1.0]:.1f}"
         "  (a burst: mostly queueing)")
+    say(f"  machine: {os.cpu_count()} cores, 1-minute load average {r['load_average'][0]:.1f} at the start, "
+        f"{r['load_average'][1]:.1f} at the end (other work on the machine counts too)")
     say(f"  CPU seconds during the burst (2 cores x {r['drain_seconds']:.0f} s wall = {2 * r['drain_seconds']:.0f} available):")
     for name, s in sorted(r["cpu_seconds"].items(), key=lambda kv: -kv[1]):
         say(f"    {name:46s} {s:7.1f}")
@@ -607,6 +703,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--duplicates", type=float, default=0.15, help="share of the events that are duplicates")
     parser.add_argument("--deadline", type=float, default=None, help="seconds to wait for the drain (default: max(300, 0.25 s/event))")
+    parser.add_argument("--profile", type=int, default=500, help="events to profile in-process afterwards (0: none)")
     parser.add_argument("--log-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args(argv)
@@ -616,7 +713,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     r = run(args.events, groups=args.groups, duplicate_share=args.duplicates, deadline_seconds=args.deadline, log_dir=log_dir)
     report(r)
-    print(f"  logs: {log_dir}")
+    if args.profile:
+        report_profile(profile(args.profile, groups=args.groups, log_dir=log_dir))
+    print(f"logs: {log_dir}")
     if args.json:
         print(json.dumps(r, indent=1, default=str))
     return 1 if verdict(r) else 0
