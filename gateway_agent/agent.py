@@ -107,12 +107,18 @@ class Agent:
             return "nack"
         key = (job["job_id"], job["attempt"])
         ids = {"job_id": job["job_id"], "attempt": job["attempt"], "delivery_attempt": delivery_attempt}
+        # A redelivery is logged with Pub/Sub's delivery attempt: how an operator (and the tests)
+        # see that a lease lapsed while the job ran, or that a settled job came back.
         if key in self._done:
+            log.info("job message redelivered after its job settled here; acked", extra=ids)
             return "ack"
         with self._lock:
-            if key in self._running:
-                return "hold"
-            self._running.add(key)
+            running = key in self._running
+            if not running:
+                self._running.add(key)
+        if running:
+            log.warning("job message redelivered while its job runs here; held (neither acked nor nacked)", extra=ids)
+            return "hold"
         try:
             outcome = self._finished.get(key)
             if outcome is None:
