@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from typing import Optional
 
 from .config import ConfigError, load
@@ -21,6 +22,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"severity": record.levelname, "message": record.getMessage(), "logger": record.name,
+               "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
                **{k: v for k, v in vars(record).items() if k not in _STANDARD}}
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from gateway_agent.storescu import (AssociationFailed, AssociationLost, StoreAssociation, context_for,
+                                   open_association)
 from gateway_agent.transcode import TranscodeRefused, choose, convert, proposals, syntax_name
 
 log = logging.getLogger("gateway_agent.dimse")
@@ -129,18 +130,20 @@ class Network:
         assoc = ae.associate(ep.host, ep.port, ae_title=ep.called_ae_title, evt_handlers=watch + list(handlers or []))
         if assoc.is_established:
             return assoc
-        rj = seen.get("reject")
-        if rj is not None:
-            permanent = rj.result == 1
-            raise DimseError(f"Association rejected by {ep}: {rj.reason_str} (A-ASSOCIATE-RJ result {rj.result} "
-                             f"'{rj.result_str}', source {rj.result_source} '{rj.source_str}', reason {rj.diagnostic})",
-                             retryable=not permanent)
-        if seen.get("accepted"):  # accepted, then aborted by pynetdicom: no usable context
-            raise NoAcceptedContext(f"{ep} accepted none of the proposed presentation contexts", retryable=False)
-        if not seen.get("connected"):
-            raise CannotConnect(f"Cannot connect to {ep}: connection refused or timed out", retryable=True)
-        raise DimseError(f"Association with {ep} not established: aborted by the peer or no answer within the "
-                         "ACSE timeout", retryable=True)
+        kind = ("rejected" if "reject" in seen else "no-context" if seen.get("accepted")  # accepted, then aborted
+                else "aborted" if seen.get("connected") else "connect")
+        raise _association_error(ep, kind, seen.get("reject"))
+
+    def open_store(self, ep: Endpoint, contexts: Iterable[tuple[str, list[str]]]) -> StoreAssociation:
+        """An association for C-STOREs only (gateway_agent/storescu.py: synchronous, no reactor
+        threads, data sets sent as encoded in their files), or DimseError saying why not."""
+        dimse_timeout, network_timeout, acse_timeout = self._timeouts
+        try:
+            return open_association(ep.host, ep.port, ep.calling_ae_title, ep.called_ae_title, list(contexts),
+                                    network_timeout=network_timeout, acse_timeout=acse_timeout,
+                                    dimse_timeout=dimse_timeout)
+        except AssociationFailed as e:
+            raise _association_error(ep, e.kind, e.reject) from None
 
     # -- C-FIND -----------------------------------------------------------------------------
     def held_instances(self, ep: Endpoint, study_uid: str) -> set[str]:
@@ -209,7 +212,7 @@ class Network:
         for inst in instances:
             plan[context_key(inst, transfer_syntax)].append(inst)
         for batch in _batches(list(plan)):
-            assoc = self.associate(ep, proposed_contexts(batch))
+            assoc = self.open_store(ep, proposed_contexts(batch))
             try:
                 for k in batch:
                     for inst in plan[k]:
@@ -218,7 +221,7 @@ class Network:
                 _release(assoc)
         return report
 
-    def store_one(self, assoc, ep: Endpoint, inst: Instance,
+    def store_one(self, assoc: StoreAssociation, ep: Endpoint, inst: Instance,
                   offers: tuple[tuple[str, ...], ...]) -> Optional[tuple[str, bool]]:
         """C-STORE one instance on an open association that proposed ``offers`` for it: None when
         the archive kept it, else (the reason it did not, whether that is permanent). Raises
@@ -229,15 +232,19 @@ class Network:
         reason = report.failed.get(inst.sop_instance_uid)
         return None if reason is None else (reason, inst.sop_instance_uid in report.permanent)
 
-    def _store_one(self, assoc, ep: Endpoint, inst: Instance, report: StoreReport, on_stored,
+    def _store_one(self, assoc: StoreAssociation, ep: Endpoint, inst: Instance, report: StoreReport, on_stored,
                    offers: tuple[tuple[str, ...], ...] = ()) -> None:
         if not assoc.is_established:
             raise DimseError(f"Association with {ep} aborted during C-STORE")
         own, path, converted = inst.transfer_syntax_uid, inst.path, None
-        accepted = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts
-                    if cx.abstract_syntax == inst.sop_class_uid and cx.as_scu]
+        accepted = [cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == inst.sop_class_uid]
         target = choose(own, offers, accepted) if offers else own
-        if target is not None and target != own:
+        context = context_for(assoc, inst.sop_class_uid, target) if target is not None else None
+        if context is None:
+            report.failed[inst.sop_instance_uid] = (f"not accepted by {ep}: no presentation context for SOP class "
+                                                   f"{inst.sop_class_uid} in {syntax_name(target or own)}")[:300]
+            return
+        if target != own:
             try:
                 path = converted = convert(Path(inst.path), target, Path(inst.path).parent / "transcoded")
             except TranscodeRefused as e:
@@ -246,27 +253,22 @@ class Network:
                 report.permanent.add(inst.sop_instance_uid)
                 return
         try:
-            _pause_reactor(assoc)
-            status = assoc.send_c_store(_chunked(path))
-        except (ValueError, AttributeError) as e:  # no accepted presentation context for this SOP class / syntax
-            report.failed[inst.sop_instance_uid] = f"not accepted by {ep}: {e}"[:300]
-            return
-        except RuntimeError:
-            # pynetdicom: "The association with a peer SCP must be established before sending a
-            # C-STORE request": the archive aborted it after the check above (it went away
-            # mid-study). The attempt fails, retryable; the next one resends only what is missing.
-            raise DimseError(f"Association with {ep} aborted during C-STORE") from None
+            status = assoc.send_c_store(Path(path), context, inst.sop_class_uid, inst.sop_instance_uid)
+        except AssociationLost:
+            # The archive aborted or closed the association, or gave no response within the DIMSE
+            # timeout (it went away mid-study): the attempt fails, retryable, and the next one
+            # resends only what is missing (C-FIND).
+            raise DimseError(f"Association with {ep} aborted during C-STORE, or no response within the "
+                             "DIMSE timeout") from None
         finally:
             if converted is not None:
                 converted.unlink(missing_ok=True)
-        code = getattr(status, "Status", None)
-        if code is None:
-            raise DimseError(f"C-STORE to {ep}: no response within the DIMSE timeout or association aborted")
-        if is_stored(code):
+        if is_stored(status.status):
             report.sent.append(inst)
             on_stored(inst)
         else:
-            report.failed[inst.sop_instance_uid] = f"C-STORE status {status_text(code)}"
+            comment = f": {status.error_comment}" if status.error_comment else ""
+            report.failed[inst.sop_instance_uid] = f"C-STORE status {status_text(status.status)}{comment}"[:300]
 
     # -- Storage Commitment (PS3.4 Annex J) ---------------------------------------------------
     def request_commitment(self, ep: Endpoint, transaction_uid: str, refs: list[tuple[str, str]],
@@ -307,38 +309,6 @@ def context_key(inst: Instance, transfer_syntax: Optional[str]) -> tuple[str, tu
 def proposed_contexts(keys: Iterable[tuple[str, tuple[tuple[str, ...], ...]]]) -> list[tuple[str, list[str]]]:
     """The presentation contexts an association proposes for ``keys`` (each offer its own context)."""
     return [(abstract, list(offer)) for abstract, offer in dict.fromkeys((k[0], o) for k in keys for o in k[1])]
-
-
-def _chunked(path):
-    """What send_c_store gets: the file's path. The file is in the accepted transfer syntax (its
-    own, or converted to it by ``_store_one``), so pynetdicom streams the encoded data set from the
-    file in PDU-sized chunks without decoding it (_config.STORE_SEND_CHUNKED_DATASET; pynetdicom
-    Association.send_c_store, dimse_messages.encode_msg)."""
-    from pynetdicom import _config
-
-    _config.STORE_SEND_CHUNKED_DATASET = True  # process-wide; only affects send_c_store(<path>), used only here
-    return path
-
-
-def _pause_reactor(assoc, timeout: float = 2.0) -> None:
-    """Make sure the association's reactor thread is parked before a request goes out.
-
-    pynetdicom 3.0 (Association.send_c_store/_run_reactor) pauses its reactor by clearing an event
-    and polling ``_is_paused``; but the reactor sets ``_is_paused = True`` *before* it waits on the
-    event, so a sender can read a stale True while the reactor is about to run one more loop, whose
-    ``dimse.get_msg(block=False)`` then takes the C-STORE response off the queue: the sender waits
-    for the DIMSE timeout and the archive aborts the idle association. Seen 1 run in ~10 with 4
-    associations on 2 loaded cores (scripts/benchmark_agent.py). Here the event is cleared first and
-    we wait until the reactor is really blocked on it (a waiter on its condition); pynetdicom's own
-    clear() in send_c_store is then a no-op and its set() afterwards resumes the reactor."""
-    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
-    waiters = getattr(getattr(checkpoint, "_cond", None), "_waiters", None)
-    if checkpoint is None or waiters is None:  # another pynetdicom layout: keep its own pause
-        return
-    checkpoint.clear()
-    end = time.monotonic() + timeout
-    while not waiters and assoc.is_established and time.monotonic() < end:
-        time.sleep(0.0001)
 
 
 _FAST_AE = None
@@ -382,6 +352,21 @@ def _batches(keys: list) -> Iterable[list]:
 def _release(assoc) -> None:
     if assoc.is_established:
         assoc.release()
+
+
+def _association_error(ep: Endpoint, kind: str, rj=None) -> DimseError:
+    """Why an association was not established, as an administrator can act on it. ``rj``: the
+    A-ASSOCIATE-RJ primitive (PS3.8 7.1.1.9-10: result 1 is permanent, 2 transient)."""
+    if kind == "rejected":
+        return DimseError(f"Association rejected by {ep}: {rj.reason_str} (A-ASSOCIATE-RJ result {rj.result} "
+                          f"'{rj.result_str}', source {rj.result_source} '{rj.source_str}', reason {rj.diagnostic})",
+                          retryable=rj.result != 1)
+    if kind == "no-context":
+        return NoAcceptedContext(f"{ep} accepted none of the proposed presentation contexts", retryable=False)
+    if kind == "connect":
+        return CannotConnect(f"Cannot connect to {ep}: connection refused or timed out", retryable=True)
+    return DimseError(f"Association with {ep} not established: aborted by the peer or no answer within the "
+                      "ACSE timeout", retryable=True)
 
 
 class CommitmentWaiter:

@@ -148,17 +148,41 @@ class ObjectFetcher:
 
 
 def read_instance(path: Path) -> Optional[Instance]:
-    """The identity of a Part-10 file (header only, no pixel data), or None if it is not one."""
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
+    """The identity of a Part-10 file, or None if it is not one. Read from the raw header
+    (gateway_agent/part10.py: this runs for every instance on the send path), else by pydicom,
+    which stops after Series Instance UID (0020,000E): the four identifiers are the first of the
+    elements the agent needs in tag order (PS3.5 7.1), so the rest of the header and the pixel
+    data are never parsed."""
+    from .part10 import HEAD, SERIES, SOP_CLASS, SOP_INSTANCE, STUDY, Unsupported, identity
 
     try:
-        ds = dcmread(path, stop_before_pixels=True,
-                     specific_tags=["SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
-    except (InvalidDicomError, OSError, ValueError):
+        with open(path, "rb") as f:
+            syntax, ids = identity(f.read(HEAD))
+        return Instance(ids[SOP_CLASS], ids[SOP_INSTANCE], ids.get(SERIES, ""), syntax, path, ids.get(STUDY, ""))
+    except OSError:
+        return None
+    except Unsupported:
+        return _read_instance_pydicom(path)
+
+
+def _read_instance_pydicom(path: Path) -> Optional[Instance]:
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_partial
+
+    try:
+        with open(path, "rb") as f:
+            ds = read_partial(f, stop_when=_after_identity, specific_tags=_IDENTITY)
+    except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
     meta = getattr(ds, "file_meta", None)
-    if meta is None or "SOPInstanceUID" not in ds:
+    if meta is None or "TransferSyntaxUID" not in meta or "SOPInstanceUID" not in ds:
         return None
     return Instance(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.get("SeriesInstanceUID", "")),
                     str(meta.TransferSyntaxUID), path, str(ds.get("StudyInstanceUID", "")))
+
+
+_IDENTITY = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E]  # SOP Class, SOP Instance, Study, Series UIDs
+
+
+def _after_identity(tag, vr, length) -> bool:
+    return tag > 0x0020000E

@@ -8,7 +8,8 @@ overlapped, on several associations.
 - Storing starts as soon as the first file is spooled; fetch workers block while the queue is full,
   so the spool holds at most ``spool_files + fetchers + associations`` files whatever the study's
   size, and memory holds only identities (UIDs), never a file's data.
-- A file goes out undecoded when the archive accepted its own transfer syntax (dimse._chunked).
+- A file goes out undecoded when the archive accepted its own transfer syntax (storescu.py: its
+  encoded data set bytes, read after the File Meta Information).
 - Several associations at once, like dcm4chee's multiple store associations: each instance is
   taken from the queue by exactly one of them and each SOP Instance UID is queued once per
   attempt, so it is stored once; sent/failed are recorded per instance under a lock.
@@ -206,7 +207,7 @@ class SendPipeline:
                                 want = next(iter(_batches([key] + [k for k in keys if k != key])))
                             if assoc is not None:
                                 _release(assoc)
-                            assoc = self._net.associate(ep, proposed_contexts(want))
+                            assoc = self._net.open_store(ep, proposed_contexts(want))
                             proposed = set(want)
                         failure = self._net.store_one(assoc, ep, inst, key[1])
                         with lock:

@@ -8,7 +8,7 @@ files into the same Orthanc (emptied before each run):
    strict local stack (function, Pub/Sub, the agent as its own process with its downloaded key,
    GCS fetch through the authorising front, C-FIND, C-STORE into Orthanc, signed result,
    Firestore), beside storescu's time for the same files; the agent process's peak memory
-   (ru_maxrss) for each study size.
+   (VmHWM: its own peak RSS) for each study size.
 
 Figures only on stdout; the agent's and the emulators' logs go to files (their directory is
 printed).
@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -55,13 +56,21 @@ class _LocalFiles:
         return path
 
 
-def _timed(orthanc: Orthanc, count: int, send: Callable[[], None]) -> float:
+def _cpu() -> float:
+    """CPU seconds of this process (every thread) and of its finished children (storescu, dcmsend)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _timed(orthanc: Orthanc, count: int, send: Callable[[], None]) -> tuple[float, float]:
+    """(wall seconds, the sender's CPU seconds). CPU per instance does not depend on what else
+    the machine runs, so it compares the senders even when the wall-clock rates are noisy."""
     orthanc.delete_all()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu()
     send()
-    elapsed = time.perf_counter() - t
+    elapsed, cpu = time.perf_counter() - t, _cpu() - c
     assert len(orthanc.get("/instances")) == count, "not every instance arrived"
-    return elapsed
+    return elapsed, cpu
 
 
 def _storescu(orthanc: Orthanc, files_dir: Path) -> None:
@@ -104,14 +113,19 @@ def store_rate(orthanc: Orthanc, count: int, tmp: Path) -> None:
     senders = {"agent, 1 association": agent(1), f"agent, {default} associations (default)": agent(default),
                "dcmtk storescu": lambda: _storescu(orthanc, files_dir), "dcmtk dcmsend": lambda: _dcmsend(orthanc, files_dir)}
     rates: dict[str, float] = {}
-    for _ in range(2):  # alternate, twice each: less noise on a shared machine
+    cpu_ms: dict[str, float] = {}
+    for _ in range(3):  # alternate, three times each: less noise on a shared machine
         for name, send in senders.items():
-            rates[name] = max(rates.get(name, 0.0), count / _timed(orthanc, count, send))
+            wall, cpu = _timed(orthanc, count, send)
+            rates[name] = max(rates.get(name, 0.0), count / wall)
+            cpu_ms[name] = min(cpu_ms.get(name, float("inf")), cpu * 1000 / count)
     ref = rates["dcmtk storescu"]
     print(file=OUT)
-    print(f"C-STORE into Orthanc, {count} CT instances ({mb:.1f} MB) from spooled files, best of 2:", file=OUT)
+    print(f"C-STORE into Orthanc, {count} CT instances ({mb:.1f} MB) from spooled files, best of 3 "
+          "(sender CPU: the sending process's own CPU per instance, Orthanc's excluded):", file=OUT)
     for name, rate in rates.items():
-        print(f"  {name:34s} {rate:7.1f} instances/s   ratio vs storescu {rate / ref:.2f}", file=OUT)
+        print(f"  {name:34s} {rate:7.1f} instances/s   ratio vs storescu {rate / ref:.2f}   "
+              f"sender CPU {cpu_ms[name]:.2f} ms/instance", file=OUT)
 
 
 class _StrictStack:
@@ -188,10 +202,11 @@ def study_to_archived(orthanc: Orthanc, sizes: list[int], tmp: Path) -> None:
 
                 wait_for(archived, 900, "ARCHIVED")
                 elapsed = time.perf_counter() - t
+                completed_at = time.time() - elapsed
+                peak_mib = _peak_rss_mib(agent.pid)
             finally:
                 agent.send_signal(signal.SIGTERM)
-                _, _, usage = os.wait4(agent.pid, 0)
-                agent.returncode = 0
+                agent.wait(60)
                 world.close()
                 stack.close()
             assert len(orthanc.study_instances(study)) == count
@@ -199,14 +214,61 @@ def study_to_archived(orthanc: Orthanc, sizes: list[int], tmp: Path) -> None:
             files_dir.mkdir()
             for f in files:
                 (files_dir / f"{f.sop_instance_uid}.dcm").write_bytes(f.data)
-            dcmtk = min(_timed(orthanc, count, lambda: _storescu(orthanc, files_dir)) for _ in range(2))
-            rows.append((count, elapsed, dcmtk, usage.ru_maxrss / 1024))
+            dcmtk = min(_timed(orthanc, count, lambda: _storescu(orthanc, files_dir))[0] for _ in range(2))
+            started, finished = _job_times(log_dir / f"agent-{count}.log")
+            fetch = _fetch_only(world, study)
+            rows.append((count, elapsed, dcmtk, peak_mib,
+                         (started - completed_at, finished - started, elapsed - (finished - completed_at), fetch)))
     finally:
         strict.stop()
     print("Exam Completed -> ARCHIVED (strict local stack, agent process, into Orthanc) beside storescu alone, same files:", file=OUT)
-    for count, elapsed, dcmtk, rss in rows:
+    for count, elapsed, dcmtk, rss, _ in rows:
         print(f"  {count:5d} instances: {elapsed:6.1f} s  (storescu {dcmtk:5.1f} s, ratio {elapsed / dcmtk:.2f})   "
               f"agent peak memory {rss:6.1f} MiB", file=OUT)
+    print("  where the time goes: exam event -> job started on the agent (function, Pub/Sub) | the job on the agent"
+          " | result -> ARCHIVED seen | fetching the study alone (8 parallel downloads, gateway key, local storage front):",
+          file=OUT)
+    for count, _, _, _, (to_agent, job, after, fetch) in rows:
+        print(f"  {count:5d} instances: {to_agent:5.1f} s | {job:5.1f} s | {after:5.1f} s | fetch alone {fetch:5.1f} s",
+              file=OUT)
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The agent's peak resident memory since it started (VmHWM of its own address space). Not
+    wait4's ru_maxrss: Linux carries the forking parent's RSS across exec into it, so it showed
+    this script's memory (which holds the generated study: 2,000 x 39 KB) as the agent's."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def _job_times(agent_log: Path) -> tuple[float, float]:
+    """Epoch seconds of the agent's "job started" and "job finished" log lines."""
+    from datetime import datetime
+
+    times = {}
+    for line in agent_log.read_text().splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if rec.get("message") in ("job started", "job finished"):
+                times.setdefault(rec["message"], datetime.fromisoformat(rec["time"]).timestamp())
+    return times["job started"], times["job finished"]
+
+
+def _fetch_only(world, study: str) -> float:
+    """The study downloaded as the agent downloads it (its fetcher, the gateway's key, 8 at a time
+    through the local authorising storage front), nothing else."""
+    from gateway_agent.fetch import ObjectFetcher
+
+    fetcher = ObjectFetcher(world.sa_key, world.stack.project)
+    into = Path(tempfile.mkdtemp(dir=world.tmp))
+    bucket, names, _ = fetcher.list_prefix(world.uri(study))
+    t = time.perf_counter()
+    fetcher._download_all(bucket, names, into)
+    elapsed = time.perf_counter() - t
+    shutil.rmtree(into)
+    return elapsed
 
 
 def main() -> int:

@@ -119,8 +119,10 @@ def test_hl7_ack_checks(ack, ok, retryable):
 def test_json_logs_carry_ids():
     record = logging.LogRecord("gateway_agent", logging.INFO, "", 0, "job finished", None, None)
     record.job_id = "archive-1"
+    record.created = 1764748800.25  # 2025-12-03T08:00:00.250Z
     line = json.loads(JsonFormatter().format(record))
-    assert line == {"severity": "INFO", "message": "job finished", "logger": "gateway_agent", "job_id": "archive-1"}
+    assert line == {"severity": "INFO", "message": "job finished", "logger": "gateway_agent",
+                    "time": "2025-12-03T08:00:00.250+00:00", "job_id": "archive-1"}
 
 
 def test_agent_imports_from_its_own_directory_alone(tmp_path):
