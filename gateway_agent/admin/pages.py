@@ -90,7 +90,7 @@ def delivery_form(csrf: str, action: str, title: str, form: DeliveryForm, versio
             parts.append('<p class="note">Enter JSON format for service account file (required): copy and paste the full '
                          'contents of the downloaded SA JSON key file.</p>')
         if secret and kept.get(name):
-            parts.append(f'<p class="note" id="{name}-kept">A value is saved and is not shown: leave blank to keep it.</p>')
+            parts.append(f'<p class="note" id="{name}-kept">A value is kept and not shown: leave blank to keep it, or paste a new one.</p>')
         if name == "service_account_json":
             parts.append(f'<textarea id="{name}" name="{name}" spellcheck="false"></textarea>')
         elif secret:
