@@ -40,9 +40,15 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway_agent", description="Archive Synchronization reference gateway agent")
-    parser.add_argument("--config", required=True, help="path of the agent's JSON config file")
+    parser.add_argument("--config", help="path of the agent's JSON config file")
     parser.add_argument("--check", action="store_true", help="validate the config file and exit")
+    parser.add_argument("--hash-password", action="store_true",
+                        help="read the admin page's password (twice, not echoed) and print its hash for admin_page.password_hash")
     args = parser.parse_args(argv)
+    if args.hash_password:
+        return _hash_password()
+    if not args.config:
+        parser.error("--config is required")
     try:
         cfg = load(args.config)
     except ConfigError as e:
@@ -51,18 +57,43 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.check:
         print(f"config OK: {len(cfg.active_deliveries)} active of {len(cfg.deliveries)} job deliveries")
         return 0
-    if not cfg.active_deliveries:
+    if not cfg.active_deliveries and not cfg.admin_page:
         print("gateway_agent: no active job delivery (seed 000 Step 3.4: enable the Active flag)", file=sys.stderr)
         return 2
     configure_logging()
     from .agent import Agent
 
     agent = Agent(cfg).start()
+    admin = None
+    if cfg.admin_page:
+        from .admin.config_file import ConfigFile
+        from .admin.server import AdminServer
+
+        admin = AdminServer(agent, ConfigFile(args.config), cfg.admin_page).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    if admin:
+        admin.stop()
     agent.stop()  # running jobs finish and settle their messages first
+    return 0
+
+
+def _hash_password() -> int:
+    import getpass
+
+    from .admin.passwords import hash_password
+
+    first = getpass.getpass("Admin page password: ")
+    if first != getpass.getpass("Again: "):
+        print("gateway_agent: the two passwords differ", file=sys.stderr)
+        return 2
+    try:
+        print(hash_password(first))
+    except ValueError as e:
+        print(f"gateway_agent: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -65,6 +65,84 @@ class CommitmentListener:
 
 
 @dataclass(frozen=True)
+class AdminPage:
+    """The agent's local admin page (docs/gateway-agent.md "Admin page"): on loopback unless
+    ``allow_remote`` is set, and then only over TLS; signed in with the password whose salted
+    hash is ``password_hash`` (``python -m gateway_agent --hash-password``)."""
+
+    password_hash: str = field(repr=False)
+    bind: str = "127.0.0.1"
+    port: int = 8710
+    allow_remote: bool = False
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    session_minutes: float = 30.0
+    # Host header values accepted beyond this machine's loopback names (DNS-rebinding guard).
+    host_names: tuple[str, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file and self.tls_key_file)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _admin_page(raw: Any, errors: dict[str, str]) -> Optional[AdminPage]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        errors["admin_page"] = "must be an object"
+        return None
+    known = {"password_hash", "bind", "port", "allow_remote", "tls_cert_file", "tls_key_file", "session_minutes", "host_names"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        errors["admin_page"] = f"unknown fields {unknown}"
+    from .admin.passwords import is_password_hash
+
+    if not is_password_hash(raw.get("password_hash")):
+        errors["admin_page.password_hash"] = "required: the output of python -m gateway_agent --hash-password"
+    bind = raw.get("bind", AdminPage.bind)
+    port = raw.get("port", AdminPage.port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        errors["admin_page.port"] = "must be a port number"
+    allow = raw.get("allow_remote", False)
+    if not isinstance(allow, bool):
+        errors["admin_page.allow_remote"] = "must be true or false"
+    cert, key = raw.get("tls_cert_file"), raw.get("tls_key_file")
+    if (cert is None) != (key is None) or any(v is not None and (not isinstance(v, str) or not v) for v in (cert, key)):
+        errors["admin_page.tls_cert_file"] = "tls_cert_file and tls_key_file go together (file paths)"
+    if not isinstance(bind, str) or not bind:
+        errors["admin_page.bind"] = "must be an address"
+    elif not is_loopback(bind):
+        # The page holds the keys that link this gateway to the cloud: off this machine only when
+        # the administrator asked for it, and never in clear text.
+        if allow is not True:
+            errors["admin_page.bind"] = "a non-loopback address needs \"allow_remote\": true (and TLS)"
+        elif not (cert and key):
+            errors["admin_page.bind"] = "a non-loopback address needs tls_cert_file and tls_key_file"
+    names = raw.get("host_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        errors["admin_page.host_names"] = "must be a list of host names"
+        names = []
+    minute_errors: dict[str, str] = {}
+    minutes = _positive(raw, "session_minutes", 30.0, minute_errors)
+    errors.update({f"admin_page.{k}": v for k, v in minute_errors.items()})
+    if any(k.startswith("admin_page") for k in errors):
+        return None
+    return AdminPage(password_hash=raw["password_hash"], bind=bind, port=port, allow_remote=allow, tls_cert_file=cert,
+                     tls_key_file=key, session_minutes=minutes, host_names=tuple(names))
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     deliveries: tuple[JobDelivery, ...]
     max_concurrent_jobs: int = 4
@@ -95,6 +173,8 @@ class AgentConfig:
     # on a restricted network. A loopback endpoint (the local stack) is plaintext: gRPC's local
     # channel credentials, which still carry the service account's token on every call.
     pubsub_endpoint: str = "pubsub.googleapis.com:443"
+    # The local admin page (None: no page; the config file is then edited by hand).
+    admin_page: Optional[AdminPage] = None
 
     @property
     def lease_seconds(self) -> float:
@@ -149,8 +229,10 @@ def parse(raw: Any) -> AgentConfig:
     if not isinstance(raw, dict):
         raise ConfigError("config: must be a JSON object")
     errors: dict[str, str] = {}
-    items = raw.get("job_deliveries")
-    if not isinstance(items, list) or not items:
+    admin = _admin_page(raw.get("admin_page"), errors)
+    items = raw.get("job_deliveries", [] if "admin_page" in raw else None)
+    # With an admin page the list may start empty: the administrator adds deliveries there.
+    if not isinstance(items, list) or (not items and "admin_page" not in raw):
         errors["job_deliveries"] = "must list at least one job delivery"
         items = []
     deliveries = [d for i, r in enumerate(items) if (d := _delivery(i, r, errors))]
@@ -188,6 +270,7 @@ def parse(raw: Any) -> AgentConfig:
         errors["pubsub_endpoint"] = "must be host:port"
         endpoint = AgentConfig.pubsub_endpoint
     cfg = AgentConfig(
+        admin_page=admin,
         pubsub_endpoint=endpoint,
         deliveries=tuple(deliveries),
         max_concurrent_jobs=_positive(raw, "max_concurrent_jobs", 4, errors, int),

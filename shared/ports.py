@@ -85,6 +85,13 @@ class SecretStore(Protocol):
     def save_result_key(self, facility_group_id: str, gateway_id: str, key: bytes) -> None: ...
 
 
+class GatewayDirectory(Protocol):
+    def gateway_group(self, gateway_id: str) -> Optional[str]:
+        """The facility group of gateway ``gateway_id`` (gateway ids are unique across groups),
+        or None. For the Result Endpoint's link probe, which names only the gateway."""
+        ...
+
+
 class MessageBus(Protocol):
     def publish(self, topic_id: str, data: bytes, attributes: Mapping[str, str]) -> str:
         """Publish and wait for the server's acknowledgement; returns the message id. Raises

@@ -27,6 +27,11 @@ SIGNATURE_HEADER = "X-ArchSync-Signature"
 # ASCII digits only (str.isdigit() also accepts '²' and other Unicode digits, which int() then
 # refuses) and at most 12 of them: Unix seconds have 10 digits until the year 2286, and int() of a
 # 5,000-digit string raises instead of answering 401.
+# The group part of X-ArchSync-Gateway in a link probe that names only the gateway.
+ANY_GROUP = "-"
+# The body of a link probe (a signed no-op; the server writes nothing for it).
+PROBE_BODY = {"schema_version": "1", "probe": "link-test"}
+
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"v1=[0-9a-f]{64}")
 
@@ -59,6 +64,11 @@ def sign_headers(key: bytes, facility_group_id: str, gateway_id: str, body: byte
         SIGNATURE_HEADER: signature(key, ts, body),
         "Content-Type": "application/json",
     }
+
+
+def is_probe(payload: object) -> bool:
+    """Whether a (signature-checked) result body is a gateway's link probe, exactly."""
+    return payload == PROBE_BODY
 
 
 def parse_gateway_header(headers: Mapping[str, str]) -> tuple[str, str]:

@@ -24,9 +24,10 @@ def on_job_result(request):
         body = request.get_data(cache=False)
         require_content(request.headers.get("Content-Type"), body, (JSON,))
         settings = Settings.from_env(os.environ, function=NAME)
-        service = ResultService(wiring.firestore_store(settings), wiring.secret_store(settings), SystemClock(),
+        store = wiring.firestore_store(settings)
+        service = ResultService(store, wiring.secret_store(settings), SystemClock(),
                                 settings.timeout_policy, settings.signature_max_skew_seconds,
-                                followups=lambda: wiring.followups(settings))
+                                followups=lambda: wiring.followups(settings), directory=store)
         t = service.handle(request.headers, body)
         job = t.job
         return json_response({"outcome": t.outcome, "job_state": job.state.value if job else None})

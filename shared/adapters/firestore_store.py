@@ -99,6 +99,10 @@ def _firestore_error(e: Exception) -> Optional[ArchSyncError]:
     return None
 
 
+# gateway id -> facility group, found by gateway_group (bounded; cleared when full).
+_GATEWAY_GROUPS: dict[str, str] = {}
+
+
 class FirestoreStore:
     def __init__(self, client: firestore.Client):
         self._db = client
@@ -205,6 +209,27 @@ class FirestoreStore:
             snaps = list(self._db.get_all(refs))
         self._read(len(refs))
         return {s.id: codec.gateway_from_doc(s.to_dict()) for s in snaps if s.exists}
+
+    def gateway_group(self, gateway_id: str) -> Optional[str]:
+        """GatewayDirectory: one collection-group equality query on ``gateways.id`` (single-field
+        collection-group index in infra/firestore_gateway_lookup.tf); found answers are cached for
+        the process (a gateway never changes group, and its ids are never reused)."""
+        cached = _GATEWAY_GROUPS.get(gateway_id)
+        if cached is not None:
+            return cached
+        q = self._db.collection_group(GATEWAYS).where(filter=FieldFilter("id", "==", gateway_id)).limit(1)
+        with _translated():
+            docs = list(q.stream())
+        self._read(max(len(docs), 1))
+        if not docs:
+            return None
+        group = docs[0].to_dict().get("facility_group_id")
+        if isinstance(group, str) and group:
+            if len(_GATEWAY_GROUPS) >= 10_000:
+                _GATEWAY_GROUPS.clear()
+            _GATEWAY_GROUPS[gateway_id] = group
+            return group
+        return None
 
     # -- exams (what this product has seen of the platform's exams) ------------------------
     def record_exam(self, fg: str, exam: dict) -> None:

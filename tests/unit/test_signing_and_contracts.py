@@ -71,6 +71,9 @@ def test_openapi_document_covers_the_http_functions():
     assert "post" in paths["/sweeps"]
     # The callback body is the JSON Schema file itself, so the two cannot drift apart.
     body = paths["/job-results"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["$ref"] == "job-result.v1.schema.json"
+    assert body["oneOf"] == [{"$ref": "job-result.v1.schema.json"}, {"$ref": "#/components/schemas/ResultProbe"}]
+    # The link probe's body is the one shared/signing.py recognises (issue 14).
+    probe = doc["components"]["schemas"]["ResultProbe"]["properties"]
+    assert {k: v["const"] for k, v in probe.items()} == signing.PROBE_BODY
     for code in ("200", "400", "401", "404"):
         assert code in paths["/job-results"]["post"]["responses"]
