@@ -38,6 +38,7 @@ class CollectReport:
     collected: dict[str, int] = field(default_factory=dict)  # kind -> new records
     oversized: dict[str, int] = field(default_factory=dict)  # kind -> left in the subscription
     more_pending: bool = False  # the per-call cap was reached: collect again
+    errors: dict[str, str] = field(default_factory=dict)  # kind -> why it could not be collected
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,14 @@ class RedriveService:
     def collect(self) -> CollectReport:
         report = CollectReport()
         for source in self._sources.values():
-            new, oversized, capped = self._collect(source)
+            try:
+                new, oversized, capped = self._collect(source)
+            except PermanentError as e:
+                # E.g. its audit subscription is missing: what the index holds is still listed
+                # and replayable; the answer says what could not be collected.
+                logs.error("dead letters not collected", kind=source.kind, subscription=source.subscription_id, why=str(e))
+                report.errors[source.kind] = str(e)
+                continue
             report.collected[source.kind], report.oversized[source.kind] = new, oversized
             report.more_pending = report.more_pending or capped
         return report
@@ -146,7 +154,7 @@ class RedriveService:
         return {"dead_letters": [r.summary() for r in page],
                 "next_page_token": page[-1].id if len(rows) > limit else None,
                 "collected": report.collected, "left_in_subscription": report.oversized,
-                "more_pending": report.more_pending}
+                "more_pending": report.more_pending, "collect_errors": report.errors}
 
     def get(self, record_id: str) -> dict:
         if not dl.is_record_id(record_id):

@@ -56,7 +56,9 @@ GATEWAY_DEAD_LETTER_TOPIC = "archsync-gateway-dead-letter"
 class E2E:
     FG, GW, DEST = "fg-1", "gw-0123456789", "dst-1"
 
-    def __init__(self, stack, tmp: Path, auth, *, host: str, port: int, called_ae_title: str):
+    def __init__(self, stack, tmp: Path, auth, *, host: str, port: int, called_ae_title: str,
+                 provisioning: Optional[dict] = None):
+        """``provisioning``: ProvisioningSettings fields to override (e.g. faster dead-lettering)."""
         self.stack, self.tmp, self.auth = stack, tmp, auth
         self.now = datetime.now(timezone.utc)
         self.studies_bucket = stack.study_bucket  # the bucket ARCHSYNC_STUDY_BUCKET names (tests/conftest.py)
@@ -68,7 +70,7 @@ class E2E:
         stack.topic(GATEWAY_DEAD_LETTER_TOPIC, subscription="gateway-dead-letter-audit")
         provisioner = Provisioner(stack.store, stack.cloud(), stack.clock, ProvisioningSettings(
             objects_bucket=stack.objects_bucket, study_bucket=stack.study_bucket,
-            gateway_dead_letter_topic=GATEWAY_DEAD_LETTER_TOPIC))
+            gateway_dead_letter_topic=GATEWAY_DEAD_LETTER_TOPIC, **(provisioning or {})))
         self.gw = provisioner.create(gateway(self.GW, topic_id="", subscription_id="", created_at=None), "Pat Admin")
         self.sa_key: dict = json.loads(stack.vault.get(sa_key_object(self.FG, self.GW)))
         stack.secrets.save_result_key(self.FG, self.GW, RESULT_KEY)  # the key the agent config below holds
