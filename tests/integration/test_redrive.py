@@ -404,10 +404,11 @@ def test_the_command_lists_and_replays(stack, ops, function_env):
 
     ops.audit(DLQ)
     stack.topic(EXAM_TOPIC, subscription="exam-watch")
-    data = json.dumps(exam_event("COMPLETED")).encode()
+    event = exam_event("COMPLETED")
+    data = json.dumps(event).encode()
     DeadLetter(stack.bus, DLQ, "on_exam_status_changed").send(
         PubSubMessage("m-1", data, {}, f"//pubsub.googleapis.com/projects/{stack.project}/topics/{EXAM_TOPIC}"),
-        "exam/study_instance_uid: fails 'pattern'", "ev-1")
+        "exam/study_instance_uid: fails 'pattern'", event["event_id"])
 
     def listed():
         out = io.StringIO()
@@ -415,7 +416,7 @@ def test_the_command_lists_and_replays(stack, ops, function_env):
         return json.loads(out.getvalue())["dead_letters"]
 
     [row] = wait_for(listed, 60, "the dead letter, listed by the command")
-    assert row["reason"] == "exam/study_instance_uid: fails 'pattern'" and row["event_id"] == "ev-1"
+    assert row["reason"] == "exam/study_instance_uid: fails 'pattern'" and row["event_id"] == event["event_id"]
     out = io.StringIO()
     assert redrive.main(["list"], out=out) == 0
     assert row["id"] in out.getvalue() and "original_topic=archsync-exam-status" in out.getvalue()
