@@ -32,9 +32,9 @@ locals {
     }
   }
 
-  # Dead-letter topics, each with a pull subscription "<topic>-audit" operators read (and ack)
-  # parked messages from, and a publisher grant for Pub/Sub's service agent (iam.tf). Keys are part
-  # of resource addresses: never rename one.
+  # Dead-letter topics, each with a pull subscription "<topic>-audit" the redrive collects parked
+  # messages from (shared/wiring.py AUDIT_SUFFIX; docs/operations-redrive.md), and a publisher
+  # grant for Pub/Sub's service agent (iam.tf). Keys are part of resource addresses: never rename one.
   # - inbound: messages the inbound functions reject as malformed (they publish them themselves,
   #   with a `reason` attribute) and those Pub/Sub gives up on after max_delivery_attempts on an
   #   inbound push subscription. Must equal Settings.dead_letter_topic in shared/settings.py (also
@@ -47,7 +47,8 @@ locals {
     inbound = "archsync-dead-letter"
     gateway = "archsync-gateway-dead-letter"
   }
-  seven_days = "604800s"
+  seven_days      = "604800s"
+  thirty_one_days = "2678400s"
 }
 
 # The platform publishes its events here (exam status, study changes, patient updates, facilities).
@@ -81,10 +82,12 @@ resource "google_pubsub_topic" "dead_letter" {
 resource "google_pubsub_subscription" "dead_letter_audit" {
   for_each = local.dead_letter
 
-  name                       = "${each.value}-audit" # archsync-dead-letter-audit, archsync-gateway-dead-letter-audit
-  topic                      = google_pubsub_topic.dead_letter[each.key].id
-  ack_deadline_seconds       = 60
-  message_retention_duration = local.seven_days
+  name                 = "${each.value}-audit" # archsync-dead-letter-audit, archsync-gateway-dead-letter-audit
+  topic                = google_pubsub_topic.dead_letter[each.key].id
+  ack_deadline_seconds = 60
+  # Pub/Sub's maximum. The redrive (docs/operations-redrive.md) moves each message into a durable
+  # index the first time anyone lists them; until then they wait here, up to a month.
+  message_retention_duration = local.thirty_one_days
 
   # An unused subscription expires after 31 days by default; these are read only when something
   # goes wrong, so they must never expire (without a subscription, parked messages are dropped).

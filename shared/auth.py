@@ -11,6 +11,10 @@ from .domain.errors import NotFound, Unauthorized
 from .domain.validation import is_valid_id
 
 GROUPS_CLAIM = "facility_groups"
+# The platform team's role (issue 15 item 4): operations across every facility group, such as
+# dead-letter redrive. Only the JSON value true grants it; facility-group administrators' tokens
+# never carry it (docs/operations-redrive.md).
+OPERATOR_CLAIM = "archsync_operator"
 ALGORITHMS = ("RS256", "ES256")
 
 
@@ -19,6 +23,7 @@ class Caller:
     user_id: str
     display_name: str
     facility_group_ids: frozenset[str]
+    operator: bool = False
 
     def require_group(self, facility_group_id: str) -> None:
         """A caller sees only its own groups; anything else is answered as if it did not exist
@@ -76,14 +81,15 @@ class JwtVerifier:
                 raise Unauthorized(f"invalid token: {type(e).__name__}") from None
         if claims is None:
             raise Unauthorized("invalid token: signature")
-        groups = claims.get(GROUPS_CLAIM)
+        operator = claims.get(OPERATOR_CLAIM) is True
+        groups = claims.get(GROUPS_CLAIM, [] if operator else None)  # an operator may administer no group
         if not isinstance(groups, list) or not all(is_valid_id(g) for g in groups):
             raise Unauthorized(f"invalid token: {GROUPS_CLAIM} claim")
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("invalid token: sub")
         name = claims.get("name")
-        return Caller(sub, name if isinstance(name, str) else "", frozenset(groups))
+        return Caller(sub, name if isinstance(name, str) else "", frozenset(groups), operator)
 
 
 def _load_key(pem: str) -> Any:

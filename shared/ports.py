@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
+from .domain.dead_letters import DeadLetterRecord, ParkedMessage
 from .domain.jobs import Transition
 from .domain.models import ArchiveState, Deferral, Destination, Facility, FacilityGroup, Gateway, Job
 from .signing import ResultKeys
@@ -118,3 +119,33 @@ class ObjectStore(Protocol):
     def delete(self, uri: str) -> None:
         """Delete; an object already gone is fine."""
         ...
+
+
+class DeadLetterInbox(Protocol):
+    """The dead-letter topics' audit pull subscriptions (issue 15 item 4; infra/pubsub.tf)."""
+
+    def pull(self, subscription_id: str, max_messages: int) -> list[tuple[str, ParkedMessage]]:
+        """Up to ``max_messages`` parked messages, each with its ack id, leased to the caller
+        (possibly none even when some are waiting: the caller looks again later)."""
+        ...
+    def ack(self, subscription_id: str, ack_ids: Sequence[str]) -> None: ...
+    def release(self, subscription_id: str, ack_ids: Sequence[str]) -> None:
+        """Give the messages back at once (ack deadline 0), unconsumed."""
+        ...
+    def topic_of(self, project_id: str, subscription_id: str) -> Optional[str]:
+        """The topic id a subscription of ``project_id`` reads; None if it does not exist, is
+        detached or reads another project's topic."""
+        ...
+
+
+class DeadLetterIndex(Protocol):
+    """The durable index of dead-lettered messages (Firestore ``dead_letters``)."""
+
+    def create(self, record: DeadLetterRecord) -> bool:
+        """Store; False if a record with that id exists (collected before)."""
+        ...
+    def get(self, record_id: str) -> Optional[DeadLetterRecord]: ...
+    def list(self, kind: Optional[str], state: Optional[str], limit: int, after: Optional[str]) -> list[DeadLetterRecord]:
+        """Records in id order, after the id ``after``."""
+        ...
+    def mark_replayed(self, record_id: str, at: datetime, by: str, message_id: str) -> Optional[DeadLetterRecord]: ...

@@ -214,3 +214,38 @@ def facility_sync_service(settings: Settings):
     from .services.facilities import FacilitySyncService
 
     return FacilitySyncService(firestore_store(settings))
+
+
+# -- dead-letter redrive for the platform team (issue 15 item 4) ---------------------------------
+# The audit subscription of each dead-letter topic is "<topic>-audit" (infra/pubsub.tf).
+AUDIT_SUFFIX = "-audit"
+
+
+def dead_letter_sources(settings: Settings) -> list:
+    from .services.redrive import DeadLetterSource
+
+    return [DeadLetterSource("inbound", settings.dead_letter_topic, settings.dead_letter_topic + AUDIT_SUFFIX),
+            DeadLetterSource("gateway", settings.gateway_dead_letter_topic, settings.gateway_dead_letter_topic + AUDIT_SUFFIX)]
+
+
+@functools.lru_cache(maxsize=4)
+def dead_letter_index(settings: Settings):
+    from google.cloud import firestore
+
+    from .adapters.firestore_dead_letters import FirestoreDeadLetterIndex
+
+    return FirestoreDeadLetterIndex(firestore.Client(project=settings.project_id, database=settings.firestore_database))
+
+
+@functools.lru_cache(maxsize=4)
+def dead_letter_inbox(settings: Settings):
+    from .adapters.pubsub_inbox import PubSubInbox
+
+    return PubSubInbox(settings.project_id)
+
+
+def redrive_service(settings: Settings):
+    from .services.redrive import RedriveService
+
+    return RedriveService(dead_letter_inbox(settings), dead_letter_index(settings), pubsub_bus(settings), SystemClock(),
+                          settings.project_id, dead_letter_sources(settings))
