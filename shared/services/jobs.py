@@ -237,12 +237,11 @@ class JobsService:
         and the order lock with the seed's message ("Important - Recommended Auto Archive Status")."""
         states = self.exam_archive_states(caller, fg, exam_id)
         lock = LockService(self._store).status(fg, exam_id)
-        known = self._store.get_exam(fg, exam_id) or {}
-        patient = known.get("patient") or {}
+        known = self._store.get_exam(fg, exam_id) or {}  # what the exam's status events said (archive_trigger)
         return {
             **states,
-            "accession": known.get("accession_number"), "mrn": patient.get("mrn"), "patient_name": patient.get("name"),
-            "study_instance_uid": known.get("study_instance_uid"), "status": known.get("status"),
+            "accession": known.get("accession_number"), "mrn": known.get("mrn"), "patient_name": known.get("patient_name"),
+            "study_instance_uid": known.get("study_instance_uid"),
             "lock": {"locked": lock.locked, "message": lock.message,
                      "blocked_actions": list(LOCKED_ACTIONS) if lock.locked else [],
                      "jobs": [{"job_id": h.job_id, "destination_id": h.destination_id, "destination": h.destination_name,

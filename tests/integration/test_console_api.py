@@ -121,8 +121,8 @@ def test_bulk_retry_bad_body_is_422_and_retries_nothing(api, body, field):
 def test_exam_view_shows_archive_states_and_the_order_lock(api):
     job = JOBS[0]  # ARCHIVE, triggered at Pending: holds the lock while open
     api.store.transact_job("fg-1", job.id, lambda j: Transition("applied", dataclasses.replace(j, lock_held=True)))
-    api.store.record_exam("fg-1", {"exam_id": job.exam_id, "accession_number": "ACC0", "status": "PENDING",
-                                   "study_instance_uid": "1.2.3.1", "patient": {"mrn": "MRN0", "name": "DOE^JANE"}})
+    api.store.record_exam("fg-1", {"exam_id": job.exam_id, "accession_number": "ACC0", "facility_id": "fac-a",
+                                   "study_instance_uid": "1.2.3.1", "mrn": "MRN0", "patient_name": "DOE^JANE"})
     r = api.get(path=f"{BASE}/exams/{job.exam_id}")
     assert r.status_code == 200, r.json
     assert_matches_openapi(r.json, "/v1/facility-groups/{facility_group_id}/exams/{exam_id}", "get")

@@ -117,6 +117,7 @@ export class DestinationsTab {
   async save() {
     const form = $('#destination-form');
     const button = $('#destination-save');
+    showErrors(form, null);
     button.disabled = true;
     try {
       if (this.editing) await this.ctx.api.patch(this.path(`/${encodeURIComponent(this.editing.id)}`), this.body());

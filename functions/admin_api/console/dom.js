@@ -49,8 +49,10 @@ export function wireConfirm() {
 // Save bytes as a file (the SA JSON key, CSV): a Blob URL, revoked right after the click.
 export function saveFile(blob, filename) {
   const url = URL.createObjectURL(blob);
-  const a = h('a', { href: url, download: filename });
-  document.body.append(a);
+  const a = h('a', { href: url, download: filename, hidden: true });
+  // Outside an open modal dialog the page is inert (a click there does nothing): put it inside.
+  const modal = Array.from(document.querySelectorAll('dialog[open]')).pop();
+  (modal || document.body).append(a);
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10000);

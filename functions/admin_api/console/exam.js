@@ -23,7 +23,7 @@ export class ExamView {
       }
       const facts = clear($('#exam-facts'));
       for (const [k, v] of [['Exam', exam.exam_id], ['Accession', exam.accession], ['MRN', exam.mrn],
-        ['Patient Name', exam.patient_name], ['Study Instance UID', exam.study_instance_uid], ['Status', exam.status],
+        ['Patient Name', exam.patient_name], ['Study Instance UID', exam.study_instance_uid],
         ['Order lock', exam.lock.locked ? 'Locked' : 'Not locked']]) {
         facts.append(h('dt', { text: k }), h('dd', { text: v ?? '' }));
       }

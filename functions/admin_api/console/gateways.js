@@ -75,6 +75,7 @@ export class GatewaysTab {
     };
     if (this.editing) body.active = form.elements.active.checked;
     const button = $('#gateway-save');
+    showErrors(form, null);
     button.disabled = true;
     button.textContent = this.editing ? 'Saving…' : 'Provisioning…';
     try {
