@@ -365,3 +365,19 @@ def test_monitoring_queued_to_completed_fail_retry_bulk_retry_and_escaping(local
             agent.stop()
         vna.stop()
         legacy.stop()
+
+
+def test_gateway_health_cell_when_the_api_gives_it(local_stack, browser):
+    """The Connection cell of the health field the observability work adds to each gateway: each
+    state's text, and nothing (not an error) when the field is absent."""
+    sign_in(browser, local_stack.console_url)
+    got = browser.driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('./gateways.js').then((m) => {
+          const t = (v) => { const r = m.health(v); return typeof r === 'string' ? r : r.textContent; };
+          done([t({state: 'connected', last_contact_at: '2026-10-21T18:38:00Z', silent_since: null}),
+                t({state: 'silent', last_contact_at: '2026-10-21T18:38:00Z', silent_since: '2026-10-21T18:38:00Z'}),
+                t({state: 'never', last_contact_at: null, silent_since: null}), t(undefined)]);
+        }, (e) => done(String(e)));""")
+    assert got[0] == "Connected" and got[2] == "Never connected" and got[3] == ""
+    assert re.fullmatch(r"Silent since \d{2}-OCT-2026 \d{1,2}:38 (AM|PM)", got[1]), got
