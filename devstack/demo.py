@@ -472,11 +472,7 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
             on_ready(summary)
         if serve:
             say("  Everything keeps running (emulators, functions, archives, agent) until Ctrl-C ...")
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                say("")
+            _serve_until_interrupted()
         else:
             say("  (the stack stops now: ./run demo --serve keeps it running to click through the console)")
         return summary
@@ -486,6 +482,22 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         for k, v in saved_env.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         say("Stopped all emulators and functions.")
+
+
+def _serve_until_interrupted() -> None:
+    """Wait for Ctrl-C (SIGINT) or SIGTERM, then return so every process is stopped. Both are
+    handled explicitly: a shell that starts the demo in the background ignores SIGINT for it."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _summary(store, subscriber, lock_url: str, observed_locks: dict, sweep: dict) -> dict:
