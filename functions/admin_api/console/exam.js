@@ -3,6 +3,8 @@
 import { $, clear, h } from './dom.js';
 import { seedDate } from './format.js';
 
+const STATE_LABELS = { QUEUED: 'Queued', IN_PROGRESS: 'In Progress', COMPLETED: 'Completed', FAILED: 'Failed' };
+
 export class ExamView {
   constructor(ctx) {
     this.ctx = ctx;
@@ -19,7 +21,7 @@ export class ExamView {
       clear(lock);
       if (exam.lock.locked) {
         lock.append(h('strong', { text: exam.lock.message }),
-          h('span', { text: ` Held by: ${exam.lock.jobs.map((j) => `${j.destination} (${j.state})`).join(', ')}` }));
+          h('span', { text: ` Held by: ${exam.lock.jobs.map((j) => `${j.destination} (${STATE_LABELS[j.state] || j.state})`).join(', ')}` }));
       }
       const facts = clear($('#exam-facts'));
       for (const [k, v] of [['Exam', exam.exam_id], ['Accession', exam.accession], ['MRN', exam.mrn],
