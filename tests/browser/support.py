@@ -263,14 +263,15 @@ def output_dir(request: pytest.FixtureRequest) -> Path:
     return folder
 
 
-def sign_in(browser: Browser, console_url: str, user_name: str = "Pat Admin") -> None:
-    """Open the console, sign in at the (dev) identity provider, come back signed in."""
+def sign_in(browser: Browser, console_url: str, user_name: str = "Pat Admin", ready: str = "true") -> None:
+    """Open the console, sign in at the (dev) identity provider, come back signed in (``ready``:
+    the page's data-ready once loaded: "true", or "no-group" for a user without a group)."""
     browser.driver.get(console_url)
     browser.driver.execute_script("sessionStorage.clear()")  # a fresh session, whatever came before
     browser.driver.get(console_url)
     browser.click("#sign-in")
     _pick_user(browser, user_name)
-    browser.wait(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"), "the console to load")
+    browser.wait(lambda d: d.execute_script("return document.body.dataset.ready") == ready, "the console to load")
 
 
 def _pick_user(browser: Browser, user_name: str) -> None:

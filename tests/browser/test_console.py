@@ -384,3 +384,14 @@ def test_gateway_health_cell_when_the_api_gives_it(local_stack, browser):
         }, (e) => done(String(e)));""")
     assert got[0] == "Connected" and got[2] == "Never connected" and got[3] == ""
     assert re.fullmatch(r"Silent since \d{2}-OCT-2026 \d{1,2}:38 (AM|PM)", got[1]), got
+
+
+def test_another_groups_admin_sees_nothing_and_sign_out_forgets_the_token(local_stack, browser, out):
+    sign_in(browser, local_stack.console_url, "Other Group Admin", ready="no-group")
+    browser.wait_text("#banner", "Your account administers no facility group.")
+    assert not browser.find("#sign-out").get_attribute("hidden")
+    assert browser.all("#gateways-table tbody tr") == []  # nothing of fg-1 was ever loaded
+    browser.screenshot(out, "1-no-group")
+    browser.click("#sign-out")
+    browser.wait_text("#signin-message", "Signed out.")
+    assert browser.driver.execute_script("return sessionStorage.getItem('archsync.token')") is None

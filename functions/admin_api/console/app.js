@@ -92,7 +92,11 @@ async function start() {
     if (e.status !== 401) ctx.banner(e.message);
     return;
   }
-  if (!groups.length) { ctx.banner('Your account administers no facility group.'); return; }
+  if (!groups.length) {
+    ctx.banner('Your account administers no facility group.');
+    document.body.dataset.ready = 'no-group';
+    return;
+  }
   const picker = clear($('#group'));
   for (const g of groups) picker.append(h('option', { value: g.id, text: g.name }));
   $('#group-picker').hidden = groups.length < 2;
