@@ -6,6 +6,9 @@ report of what happened.
 
     python -m devstack.demo            (what ./run demo does)
     python -m devstack.demo --orthanc  (the archives are Orthanc instances)
+    python -m devstack.demo --serve    (then keep everything running, with the Gateway Management
+                                        console signed in through the local identity provider,
+                                        until Ctrl-C)
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from devstack import processes
 
@@ -34,25 +37,6 @@ FACILITIES = (("fac-main", "Main Hospital"), ("fac-east", "East Clinic"), ("fac-
 KEY_BUCKET, OBJECTS_BUCKET = "archsync-demo-keys", "archsync-demo-objects"
 
 
-class _DemoIdp:
-    """Stands in for the platform's identity provider: signs the administrator's JWT."""
-
-    ISSUER, AUDIENCE = "https://idp.demo.local", "archsync-admin-api"
-
-    def __init__(self):
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.public_pem = self._key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-    def token(self) -> str:
-        import jwt
-
-        now = int(time.time())
-        return jwt.encode({"sub": "demo-admin", "name": "Demo Admin", "iss": self.ISSUER, "aud": self.AUDIENCE, "iat": now,
-                           "exp": now + 3600, "facility_groups": [FG]}, self._key, algorithm="RS256")
 # Short windows so a job whose gateway never answers times out within the run, yet long enough
 # that a busy machine's agent still reaches its jobs before their result deadline (the agent acks
 # an attempt past its deadline without work): east (0 retries) 40 s, the others 62 s.
@@ -329,7 +313,10 @@ def _http(method: str, url: str) -> Any:
         return json.loads(resp.read())
 
 
-def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = False) -> dict:
+def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = False, serve: bool = False,
+        on_ready: Optional[Callable[[dict], None]] = None) -> dict:
+    """``serve``: keep the stack running after the report until Ctrl-C. ``on_ready``: called with
+    the summary while everything still runs (the demo's test looks at the console through it)."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     log_dir = log_dir or Path(os.environ.get("ARCHSYNC_LOG_DIR", "/tmp/archsync-demo-logs"))
     started: list[processes.Service] = []
@@ -353,7 +340,13 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         started.append(bucket_iam)
         os.environ.update({"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host,
                            "STORAGE_EMULATOR_HOST": bucket_iam.url})
-        idp = _DemoIdp()
+        # The platform's identity provider, local: signs the administrator's JWTs and serves the
+        # console's sign-in (OAuth authorization code + PKCE; devstack/idp.py, docs/console.md).
+        from devstack.idp import DevIdp, User
+
+        admin_user = User("demo-admin", "Demo Admin", (FG,))
+        idp = DevIdp(users=(admin_user,)).start()
+        started.append(idp)
         env = {"FIRESTORE_EMULATOR_HOST": fs.host, "PUBSUB_EMULATOR_HOST": ps.host, "STORAGE_EMULATOR_HOST": bucket_iam.url,
                "ARCHSYNC_LOCAL_CREDENTIALS_DIR": str(function_keys),
                "ARCHSYNC_PROJECT_ID": PROJECT, "ARCHSYNC_DEAD_LETTER_TOPIC": DEAD_LETTER_TOPIC,
@@ -361,7 +354,8 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
                "ARCHSYNC_STUDY_BUCKET": STUDIES_BUCKET,
                "ARCHSYNC_IAM_EMULATOR_HOST": iam.address, "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST": bucket_iam.url,
                "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS": idp.public_pem, "ARCHSYNC_ADMIN_JWT_AUDIENCE": idp.AUDIENCE,
-               "ARCHSYNC_ADMIN_JWT_ISSUER": idp.ISSUER, **TIMING}
+               "ARCHSYNC_ADMIN_JWT_ISSUER": idp.ISSUER, "ARCHSYNC_CONSOLE_AUTHORIZE_URL": idp.authorize_url,
+               "ARCHSYNC_CONSOLE_TOKEN_URL": idp.token_url, "ARCHSYNC_CONSOLE_CLIENT_ID": idp.CLIENT_ID, **TIMING}
         say("Starting the functions under functions-framework ...")
         fns = {name: processes.start_function(name, env, log_dir) for name in FUNCTIONS}
         started += fns.values()
@@ -410,7 +404,9 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         say("Writing the exams' studies to the platform's study storage (GCS emulator) ...")
         _write_studies(gcs_client)
         admin = f"http://{fns['admin_api'].host}"
-        token = idp.token()
+        console_url = f"{admin}/console/"
+        idp.register_redirect(console_url)
+        token = idp.token(admin_user)
         say(f"The platform publishes facility group {FG} and its facilities (facility-changed.v1, Pub/Sub push) ...")
         _sync_facilities(publisher, facility_topic, admin, token, say)
         say(f"Configuring facility group {FG} through the admin API (seed 000 Steps 1-2) ...")
@@ -467,7 +463,18 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         summary["storage_reads_by_gateway"] = _reads_by_gateway(bucket_iam, configured["gateways"])
         summary["legacy_failures_before_fix"] = failed_before
         summary["archives"] = {key: len(a.study_instances_all()) for key, a in archives.items()}
+        summary["console_url"] = console_url
         _print(summary, say)
+        say("\n=== Gateway Management console ===")
+        say(f"  console:      {console_url}")
+        say(f"  sign in:      {console_url}#sign-in   (local identity provider: 'Sign in as Demo Admin')")
+        if on_ready is not None:
+            on_ready(summary)
+        if serve:
+            say("  Everything keeps running (emulators, functions, archives, agent) until Ctrl-C ...")
+            _serve_until_interrupted()
+        else:
+            say("  (the stack stops now: ./run demo --serve keeps it running to click through the console)")
         return summary
     finally:
         for svc in reversed(started):
@@ -475,6 +482,22 @@ def run(quiet: bool = False, log_dir: Optional[Path] = None, orthanc: bool = Fal
         for k, v in saved_env.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         say("Stopped all emulators and functions.")
+
+
+def _serve_until_interrupted() -> None:
+    """Wait for Ctrl-C (SIGINT) or SIGTERM, then return so every process is stopped. Both are
+    handled explicitly: a shell that starts the demo in the background ignores SIGINT for it."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _summary(store, subscriber, lock_url: str, observed_locks: dict, sweep: dict) -> dict:
@@ -540,8 +563,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
     parser.add_argument("--orthanc", action="store_true", help="archive into Orthanc instead of the embedded pynetdicom SCPs")
+    parser.add_argument("--serve", action="store_true",
+                        help="keep the stack running after the run, for the Gateway Management console, until Ctrl-C")
     args = parser.parse_args(argv)
-    summary = run(orthanc=args.orthanc)
+    summary = run(orthanc=args.orthanc, serve=args.serve)
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0

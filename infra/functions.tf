@@ -141,6 +141,10 @@ locals {
     ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS      = var.admin_jwt_public_keys_pem
     ARCHSYNC_ADMIN_JWT_AUDIENCE         = var.admin_jwt_audience
     ARCHSYNC_ADMIN_JWT_ISSUER           = var.admin_jwt_issuer
+    ARCHSYNC_CONSOLE_AUTHORIZE_URL      = var.console_authorize_url
+    ARCHSYNC_CONSOLE_TOKEN_URL          = var.console_token_url
+    ARCHSYNC_CONSOLE_CLIENT_ID          = var.console_client_id
+    ARCHSYNC_CONSOLE_SCOPE              = var.console_scope
   }
 
   bundles_dir = coalesce(var.bundles_dir, "${path.module}/../build/bundles")

@@ -207,3 +207,39 @@ variable "kms_key_name" {
     error_message = "kms_key_name must be null or projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key>."
   }
 }
+
+# The Gateway Management console (admin_api, /console/; docs/console.md): OAuth 2.0 authorization
+# code + PKCE against the platform's identity provider, whose access tokens are the admin API's JWTs.
+variable "console_authorize_url" {
+  description = "ARCHSYNC_CONSOLE_AUTHORIZE_URL: the platform identity provider's OAuth 2.0 authorization endpoint (https). Empty: the console shows that sign-in is not configured."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.console_authorize_url == "" || startswith(var.console_authorize_url, "https://")
+    error_message = "console_authorize_url must be an https:// URL (or empty)."
+  }
+}
+
+variable "console_token_url" {
+  description = "ARCHSYNC_CONSOLE_TOKEN_URL: the identity provider's OAuth 2.0 token endpoint (https); it must allow CORS from the admin_api origin. Its origin is added to the console's CSP connect-src."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.console_token_url == "" || startswith(var.console_token_url, "https://")
+    error_message = "console_token_url must be an https:// URL (or empty)."
+  }
+}
+
+variable "console_client_id" {
+  description = "ARCHSYNC_CONSOLE_CLIENT_ID: the console's client id at the identity provider (a public client: PKCE, no secret; redirect URI <admin_api URL>/console/)."
+  type        = string
+  default     = ""
+}
+
+variable "console_scope" {
+  description = "ARCHSYNC_CONSOLE_SCOPE: scopes the console asks for; the access token must be the admin API's JWT (aud = admin_jwt_audience, facility_groups claim)."
+  type        = string
+  default     = "openid"
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build each function's deploy bundle: functions/<name>/main.py + the ``shared`` package + the
+"""Build each function's deploy bundle: functions/<name>/ (main.py and any files beside it, e.g.
+admin_api's console/) + the ``shared`` package + the
 pinned requirements, as real files (no symlinks: deploy tools do not follow them), in
 build/bundles/<name>/ and a reproducible build/bundles/<name>.zip (fixed timestamps and order, so
 an unchanged bundle keeps its MD5 and Terraform does not redeploy it)."""
@@ -31,7 +32,10 @@ def build(name: str, out_dir: Path) -> Path:
     if bundle.exists():
         shutil.rmtree(bundle)
     (bundle / "shared").mkdir(parents=True)
-    shutil.copyfile(REPO / "functions" / name / "main.py", bundle / "main.py")
+    for src in _files(REPO / "functions" / name):  # main.py and its own files (admin_api: console/)
+        dst = bundle / src.relative_to(REPO / "functions" / name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
     shutil.copyfile(REPO / "requirements.txt", bundle / "requirements.txt")
     for src in _files(REPO / "shared"):
         dst = bundle / "shared" / src.relative_to(REPO / "shared")

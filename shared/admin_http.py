@@ -79,6 +79,22 @@ ROUTES: list[tuple[re.Pattern, dict[str, Handler]]] = [
     (re.compile(_BASE + r"/jobs$"), {
         "GET": lambda s, c, a, b, q: _ok(s.jobs.list(c, *a, q)),
     }),
+    # The console's Jobs tab (issue 14). These names are not job ids (job ids are <type>-<hex>).
+    (re.compile(_BASE + r"/jobs/counts$"), {
+        "GET": lambda s, c, a, b, q: _ok(s.jobs.counts(c, *a, q)),
+    }),
+    (re.compile(_BASE + r"/jobs/per-day$"), {
+        "GET": lambda s, c, a, b, q: _ok(s.jobs.per_day(c, *a, q)),
+    }),
+    (re.compile(_BASE + r"/jobs/bulk-retry$"), {
+        "POST": lambda s, c, a, b, q: _ok(s.jobs.bulk_retry(c, *a, b)),
+    }),
+    (re.compile(_BASE + rf"/jobs/(?!(?:counts|per-day|bulk-retry)$){_ID}$"), {
+        "GET": lambda s, c, a, b, q: _ok(s.jobs.get(c, *a, _only(q, "tz").get("tz"))),
+    }),
+    (re.compile(_BASE + rf"/exams/{_ID}$"), {
+        "GET": lambda s, c, a, b, q: _ok(s.jobs.exam(c, *a)),
+    }),
     (re.compile(_BASE + rf"/jobs/{_ID}/retry$"), {
         "POST": lambda s, c, a, b, q: _ok(s.jobs.retry(c, *a)),
     }),
@@ -96,7 +112,15 @@ REQUEST_BODIES: dict[tuple[str, str], tuple[str, ...]] = {
     ("PATCH", _BASE + rf"/gateways/{_ID}$"): (JSON,),
     ("POST", _BASE + r"/destinations$"): (JSON,),
     ("PATCH", _BASE + rf"/destinations/{_ID}$"): (JSON,),
+    ("POST", _BASE + r"/jobs/bulk-retry$"): (JSON,),
 }
+
+
+def _only(query: Mapping[str, str], *allowed: str) -> Mapping[str, str]:
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise MalformedInput(f"unknown parameter(s): {', '.join(unknown)}")
+    return query
 
 
 def _json_body(raw: bytes) -> Any:

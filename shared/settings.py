@@ -31,6 +31,13 @@ class Settings:
     admin_jwt_public_keys: tuple[str, ...] = ()
     admin_jwt_audience: str = ""
     admin_jwt_issuer: str = ""
+    # The console's sign-in (issue 14; docs/console.md): the platform identity provider's OAuth 2.0
+    # authorization and token endpoints and the console's client id there (authorization code +
+    # PKCE, a public client: no secret). Empty: the console says sign-in is not configured.
+    console_authorize_url: str = ""
+    console_token_url: str = ""
+    console_client_id: str = ""
+    console_scope: str = "openid"
     # Local stand-ins only (no emulator exists for IAM): host:port of a gRPC server speaking the
     # IAM Admin and IAMPolicy APIs, and the base URL of a bucket-IAM stand-in.
     iam_emulator_host: str = ""
@@ -79,6 +86,10 @@ class Settings:
             admin_jwt_public_keys=_pems(env.get("ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS", "")),
             admin_jwt_audience=env.get("ARCHSYNC_ADMIN_JWT_AUDIENCE", ""),
             admin_jwt_issuer=env.get("ARCHSYNC_ADMIN_JWT_ISSUER", ""),
+            console_authorize_url=env.get("ARCHSYNC_CONSOLE_AUTHORIZE_URL", ""),
+            console_token_url=env.get("ARCHSYNC_CONSOLE_TOKEN_URL", ""),
+            console_client_id=env.get("ARCHSYNC_CONSOLE_CLIENT_ID", ""),
+            console_scope=env.get("ARCHSYNC_CONSOLE_SCOPE", "") or cls.console_scope,
             iam_emulator_host=env.get("ARCHSYNC_IAM_EMULATOR_HOST", ""),
             storage_iam_emulator_host=env.get("ARCHSYNC_STORAGE_IAM_EMULATOR_HOST", ""),
             function_name=function,
@@ -114,6 +125,10 @@ ENV_VARS = (
     "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS",
     "ARCHSYNC_ADMIN_JWT_AUDIENCE",
     "ARCHSYNC_ADMIN_JWT_ISSUER",
+    "ARCHSYNC_CONSOLE_AUTHORIZE_URL",
+    "ARCHSYNC_CONSOLE_TOKEN_URL",
+    "ARCHSYNC_CONSOLE_CLIENT_ID",
+    "ARCHSYNC_CONSOLE_SCOPE",
 )
 # Read by Settings.from_env but only ever set locally: never declared in infra/.
 LOCAL_ONLY_ENV_VARS = ("ARCHSYNC_IAM_EMULATOR_HOST", "ARCHSYNC_STORAGE_IAM_EMULATOR_HOST",

@@ -22,6 +22,7 @@ from .firestore_store import DESTINATIONS, FACILITIES, GATEWAYS, JOBS, Firestore
 
 PROVISIONING = "provisioning"
 AUDIT = "audit"
+BULK_ACTIONS = "bulk_actions"  # facility_groups/{fg}/bulk_actions/{request id}: one per bulk retry (console)
 
 
 def _log_to_doc(log: ProvisioningLog) -> dict[str, Any]:
@@ -183,17 +184,7 @@ class FirestoreAdminStore(FirestoreStore):
         from google.cloud.firestore_v1.document import DocumentSnapshot
 
         coll = self._group(fg).collection(JOBS)
-        q: Any = coll
-        for field, value in query.equalities:
-            q = q.where(filter=FieldFilter(field, "==", value))
-        if query.range_field is not None:
-            if query.range_from is not None:
-                q = q.where(filter=FieldFilter(query.range_field, ">=", query.range_from))
-            if query.range_to is not None:
-                op = "<" if query.range_field == "patient_name_lower" else "<="
-                q = q.where(filter=FieldFilter(query.range_field, op, query.range_to))
-        for field, direction in query.order:
-            q = q.order_by(field, direction=direction)
+        q: Any = self._job_query(fg, query)
         if after is not None:
             values, doc_id = after
             position = DocumentSnapshot(coll.document(doc_id), values, True, None, None, None)
@@ -205,6 +196,55 @@ class FirestoreAdminStore(FirestoreStore):
             # shared.domain.job_query): what Firestore still refuses as INVALID_ARGUMENT (say, a
             # value too large to index) is bad input, not a fault (issue 11 item 13).
             raise MalformedInput("the database refused this job query: correct the filters or the cursor") from None
+
+    def _job_query(self, fg: str, query: Any, *, ordered: bool = True) -> Any:
+        q: Any = self._group(fg).collection(JOBS)
+        for field, value in query.equalities:
+            q = q.where(filter=FieldFilter(field, "==", value))
+        if query.range_field is not None:
+            if query.range_from is not None:
+                q = q.where(filter=FieldFilter(query.range_field, ">=", query.range_from))
+            if query.range_to is not None:
+                op = "<" if query.range_field == "patient_name_lower" else "<="
+                q = q.where(filter=FieldFilter(query.range_field, op, query.range_to))
+        if ordered:
+            for field, direction in query.order:
+                q = q.order_by(field, direction=direction)
+        return q
+
+    def count_jobs(self, fg: str, query: Any, below: Any = None) -> int:
+        """How many jobs match ``query`` (the Jobs tab's counts and chart): a Firestore count()
+        aggregation, billed one read per 1,000 index entries, never the documents. Ordered like the
+        list query so it runs on the same composite indexes (shared/domain/job_query.py).
+        ``below``: an exclusive upper bound on the range field (a day's end for the chart)."""
+        q = self._job_query(fg, query)
+        if below is not None:
+            q = q.where(filter=FieldFilter(query.range_field, "<", below))
+        try:
+            with _translated():
+                result = q.count(alias="n").get()
+        except PermanentError:
+            raise MalformedInput("the database refused this job query: correct the filters") from None
+        self._read(1)
+        return int(result[0][0].value)
+
+    def get_bulk_action(self, fg: str, request_id: str) -> Optional[dict]:
+        with _translated():
+            snap = self._group(fg).collection(BULK_ACTIONS).document(request_id).get()
+        self._read()
+        return snap.to_dict() if snap.exists else None
+
+    def record_bulk_action(self, fg: str, request_id: str, record: dict, *, actor: str, at: datetime) -> Optional[dict]:
+        """The bulk action's record and its audit entry in one batch, created once: a replay of the
+        same request id finds it (the stored record is returned) and writes nothing."""
+        batch = self._db.batch()
+        batch.create(self._group(fg).collection(BULK_ACTIONS).document(request_id), record)
+        self._audit(batch, fg, actor, "job.bulk_retry", "bulk_action", request_id, sorted(record.get("filters", {})), at)
+        try:
+            self._commit(batch, 2)
+        except Conflict:
+            return self.get_bulk_action(fg, request_id)
+        return None
 
     # -- provisioning log ----------------------------------------------------------------
     def _log_ref(self, fg: str, gateway_id: str) -> Any:

@@ -190,3 +190,41 @@ def display_date(t: Optional[datetime], tz: Any = None) -> Optional[str]:
     local = t.astimezone(tz) if tz is not None else t
     hour = local.hour % 12 or 12
     return f"{local.day:02d}-{local.strftime('%b').upper()}-{local.year} {hour}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
+
+
+# -- counts, chart and bulk retry (the console's Jobs tab, issue 14) -----------------------------
+
+STATES = tuple(STATE_LABELS)
+MAX_CHART_DAYS = 31
+FILTER_PARAMS = PARAMS - {"page_size", "cursor", "tz"}  # what a bulk retry's "filters" may hold
+
+
+def with_state(query: JobQuery, state: str) -> JobQuery:
+    """``query`` narrowed to one state (a count per state). A query already filtered by state
+    keeps it: the other states then count 0 without asking the database (see ``state_of``)."""
+    others = tuple(e for e in query.equalities if e[0] != "state")
+    return JobQuery(tuple(sorted((*others, ("state", state)))), query.range_field, query.range_from,
+                    query.range_to, query.page_size)
+
+
+def state_of(query: JobQuery) -> Optional[str]:
+    return next((v for f, v in query.equalities if f == "state"), None)
+
+
+def chart_query(params: Mapping[str, str]) -> tuple[JobQuery, int]:
+    """The chart of jobs per day by state: the equality filters of ``params`` (a date range or a
+    name prefix is not combinable with the per-day queued_at range: refused, as for the list) and
+    ``days`` (1-31, default 14)."""
+    rest = {k: v for k, v in params.items() if k not in ("days", "tz")}
+    query = parse(rest)
+    if query.range_field is not None:
+        raise MalformedInput("the chart takes the equality filters only (not a date range or a name search)")
+    raw = params.get("days", "14")
+    if not re.fullmatch(r"[0-9]{1,2}", raw) or not 1 <= int(raw) <= MAX_CHART_DAYS:
+        raise MalformedInput(f"days: an integer from 1 to {MAX_CHART_DAYS}")
+    return query, int(raw)
+
+
+def day_range(query: JobQuery, start: datetime, end: datetime) -> JobQuery:
+    """``query`` limited to jobs queued in [start, end) (end is applied by the adapter: exclusive)."""
+    return JobQuery(query.equalities, "queued_at", start, None, query.page_size)

@@ -10,13 +10,20 @@ from .. import logs
 from ..auth import Caller
 from ..clock import iso
 from ..domain import job_query
-from ..domain.errors import Conflict, MalformedInput, NotFound, PermanentError
+from ..domain.errors import Conflict, MalformedInput, NotFound, PermanentError, ValidationFailed
 from ..domain.jobs import Transition
-from ..domain.models import LOCKING_TRIGGERS, NOT_ARCHIVED, ExamStatus, Job, JobState, JobType
+from ..domain.models import LOCKED_ACTIONS, LOCKING_TRIGGERS, NOT_ARCHIVED, ExamStatus, Job, JobState, JobType
 from ..domain.rules import TimeoutPolicy
 from ..domain.validation import is_valid_id
 from ..ports import Clock, ObjectStore
+from .locks import LockService
 from .routing import rehome
+
+# A bulk retry requeues at most this many failed jobs per request: each is one transaction and one
+# publish, and the whole must fit the admin function's 120 s timeout on a slow day. The answer
+# says how many failed jobs still match, so the console can offer to run it again.
+MAX_BULK_RETRY = 100
+BULK_FIELDS = frozenset({"filters", "request_id"})
 
 ARCHIVE_STATE_LABELS = {  # seed 000 "Archive States"
     "ARCHIVED": ("Archived", "IOCM messages are generated for subsequent changes."),
@@ -146,3 +153,126 @@ class JobsService:
             rows.append({"destination_id": d.id, "destination": d.name, "state": value, "label": label,
                          "iocm": iocm, "job_id": a.job_id if a else None, "updated_at": iso(a.updated_at) if a else None})
         return {"exam_id": exam_id, "destinations": rows}
+
+    # -- the console's Jobs tab (issue 14) ---------------------------------------------------
+    def get(self, caller: Caller, fg: str, job_id: str, tz_name: Optional[str] = None) -> dict:
+        """One job by id, as a row of the Jobs table (what the console refreshes after a retry)."""
+        caller.require_group(fg)
+        tz = _zone(tz_name)
+        job = self._store.get_job(fg, job_id) if is_valid_id(job_id) else None
+        if job is None:
+            raise NotFound("job not found")
+        return job_row(job, self._store.facilities(fg), tz)
+
+    def counts(self, caller: Caller, fg: str, params: Mapping[str, str]) -> dict:
+        """How many jobs of each state match the filter (the list's filters, without paging): one
+        count() aggregation per state, on the list's own indexes."""
+        caller.require_group(fg)
+        query = job_query.parse({k: v for k, v in params.items() if k not in ("page_size", "cursor", "tz")})
+        only = job_query.state_of(query)
+        counts = {s: (self._store.count_jobs(fg, job_query.with_state(query, s)) if only in (None, s) else 0)
+                  for s in job_query.STATES}
+        return {"counts": counts, "total": sum(counts.values())}
+
+    def per_day(self, caller: Caller, fg: str, params: Mapping[str, str]) -> dict:
+        """Jobs per day (by queued date, in the viewer's time zone) and state, for the last ``days``
+        days including today, under the filter's equality filters: days x 4 count() aggregations."""
+        from datetime import timedelta, timezone
+
+        caller.require_group(fg)
+        query, days = job_query.chart_query(params)
+        tz = _zone(params.get("tz")) or timezone.utc
+        today = self._clock.now().astimezone(tz).date()
+        rows = []
+        for n in range(days - 1, -1, -1):
+            day = today - timedelta(days=n)
+            start = datetime_at(day, tz)
+            end = datetime_at(day + timedelta(days=1), tz)
+            counts = {}
+            for s in job_query.STATES:
+                narrowed = job_query.with_state(job_query.day_range(query, start, end), s)
+                only = job_query.state_of(query)
+                counts[s] = self._store.count_jobs(fg, narrowed, below=end) if only in (None, s) else 0
+            rows.append({"day": day.isoformat(), "counts": counts})
+        return {"days": rows}
+
+    def bulk_retry(self, caller: Caller, fg: str, data: Any) -> dict:
+        """Retry every FAILED job matching ``filters`` (the Jobs tab's filter), at most
+        MAX_BULK_RETRY per request. Idempotent: the client names the request (``request_id``); a
+        replay of a finished request returns its stored answer and retries nothing, and each job's
+        retry is itself conditional (a job already retried is no longer FAILED: skipped). Audited:
+        one record per bulk action (who, filter, count, job ids) plus each job's own retry entry.
+        Logs carry counts and filter names only, never filter values (an MRN or a name is patient data)."""
+        caller.require_group(fg)
+        filters, request_id = _bulk_body(data)
+        done = self._store.get_bulk_action(fg, request_id)
+        if done is not None:
+            return {**done["result"], "replayed": True}
+        try:
+            query = job_query.parse({**filters, "state": "FAILED", "page_size": str(MAX_BULK_RETRY)})
+        except MalformedInput as e:
+            raise ValidationFailed({"filters": str(e)}) from None
+        retried, skipped = [], []
+        for job in self._store.query_jobs(fg, query):
+            try:
+                self.retry(caller, fg, job.id)
+                retried.append(job.id)
+            except Conflict:  # retried meanwhile, or its destination/gateway is gone: left as it is
+                skipped.append(job.id)
+        remaining = self._store.count_jobs(fg, query)
+        result = {"retried": len(retried), "skipped": len(skipped), "remaining_failed": remaining,
+                  "job_ids": retried, "skipped_job_ids": skipped}
+        now = self._clock.now()
+        record = {"request_id": request_id, "actor": caller.label, "actor_id": caller.user_id, "at": now,
+                  "filters": dict(filters), "result": result}
+        earlier = self._store.record_bulk_action(fg, request_id, record, actor=caller.label, at=now)
+        if earlier is not None:  # a concurrent replay finished first: its answer is the answer
+            return {**earlier["result"], "replayed": True}
+        logs.info("bulk retry", facility_group_id=fg, request_id=request_id, retried=len(retried),
+                  skipped=len(skipped), remaining_failed=remaining, filter_fields=sorted(filters))
+        return {**result, "replayed": False}
+
+    def exam(self, caller: Caller, fg: str, exam_id: str) -> dict:
+        """The console's exam view: archive state at every destination (seed 000 "Archive States")
+        and the order lock with the seed's message ("Important - Recommended Auto Archive Status")."""
+        states = self.exam_archive_states(caller, fg, exam_id)
+        lock = LockService(self._store).status(fg, exam_id)
+        known = self._store.get_exam(fg, exam_id) or {}  # what the exam's status events said (archive_trigger)
+        return {
+            **states,
+            "accession": known.get("accession_number"), "mrn": known.get("mrn"), "patient_name": known.get("patient_name"),
+            "study_instance_uid": known.get("study_instance_uid"),
+            "lock": {"locked": lock.locked, "message": lock.message,
+                     "blocked_actions": list(LOCKED_ACTIONS) if lock.locked else [],
+                     "jobs": [{"job_id": h.job_id, "destination_id": h.destination_id, "destination": h.destination_name,
+                               "trigger_status": h.trigger_status, "state": h.state.value,
+                               "queued_at": iso(h.queued_at)} for h in lock.holders]},
+        }
+
+
+def datetime_at(day: Any, tz: Any) -> Any:
+    """Midnight starting ``day`` in ``tz`` (a DST change shifts it, never the day it belongs to)."""
+    from datetime import datetime, time
+
+    return datetime.combine(day, time(0, 0), tzinfo=tz)
+
+
+def _bulk_body(data: Any) -> tuple[dict, str]:
+    if not isinstance(data, Mapping):
+        raise ValidationFailed({"(body)": "must be a JSON object"})
+    errors = {k: "is not a known field" for k in data if k not in BULK_FIELDS}
+    request_id = data.get("request_id")
+    if not (isinstance(request_id, str) and 8 <= len(request_id) <= 64 and is_valid_id(request_id)):
+        errors["request_id"] = "required: 8-64 letters, digits, '-', '_', '.' or ':' naming this request (a new one per action)"
+    filters = data.get("filters", {})
+    if not isinstance(filters, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in filters.items()):
+        errors["filters"] = "an object of the Jobs list's filter parameters (strings)"
+    else:
+        unknown = sorted(k for k in filters if k not in job_query.FILTER_PARAMS)
+        if unknown:
+            errors["filters"] = f"unknown filter(s): {', '.join(unknown)}"
+        elif filters.get("state") not in (None, "FAILED", "Failed", "failed"):
+            errors["filters"] = "only failed jobs can be retried: leave out state, or set it to FAILED"
+    if errors:
+        raise ValidationFailed(errors)
+    return {k: v for k, v in filters.items() if k != "state"}, request_id

@@ -7,8 +7,26 @@ from devstack import demo
 from shared.domain.models import LOCK_MESSAGE
 
 
+def _console_answers(summary: dict, seen: dict) -> None:
+    """While the stack still runs: the printed console URL serves the console with its sign-in
+    configured against the local identity provider, whose sign-in page lists the demo's admin."""
+    import requests
+
+    url = summary["console_url"]
+    page = requests.get(url, timeout=30)
+    config = requests.get(url + "config.json", timeout=30).json()
+    authorize = requests.get(config["authorize_url"], timeout=30, params={
+        "response_type": "code", "client_id": config["client_id"], "redirect_uri": url, "state": "s",
+        "code_challenge": "x" * 43, "code_challenge_method": "S256"})
+    seen.update(page=page.status_code, csp=page.headers.get("Content-Security-Policy", ""), configured=config["configured"],
+                signin=authorize.status_code, signin_text=authorize.text)
+
+
 def test_demo_run_end_to_end(tmp_path):
-    s = demo.run(quiet=True, log_dir=tmp_path)
+    console: dict = {}
+    s = demo.run(quiet=True, log_dir=tmp_path, on_ready=lambda summary: _console_answers(summary, console))
+    assert console["page"] == 200 and "script-src 'self'" in console["csp"] and console["configured"] is True
+    assert console["signin"] == 200 and "Sign in as Demo Admin" in console["signin_text"]
     # The facilities came from the platform through facility-changed.v1 (issue 11 item 1).
     assert s["facilities"] == {"fac-main": ("Main Hospital", True), "fac-east": ("East Clinic", True),
                                "fac-west": ("West Clinic", True)}
