@@ -102,6 +102,7 @@ def test_an_unauthenticated_heartbeat_records_nothing(world):
 
 def test_heartbeat_through_the_entry_point_and_health_in_the_gateways_api(world, admin_env):
     """The functions run with the system clock: real time here."""
+    world.add_gateway(gateway("gw-3"))  # never heard from
     app = load_app("on_job_result")
     now = datetime.now(timezone.utc)
     body = heartbeat(time=now.isoformat(), last_pull_at=now.isoformat(), agent="archsync-gateway-agent/1")
@@ -114,6 +115,12 @@ def test_heartbeat_through_the_entry_point_and_health_in_the_gateways_api(world,
     assert app.post("/heartbeat", data=bad, headers=sign_headers(RESULT_KEY, "fg-1", "gw-1", bad, int(now.timestamp()))
                     ).status_code == 400
     assert app.post("/heartbeat", data=body, headers={**headers, "X-ArchSync-Signature": "v1=" + "0" * 64}).status_code == 401
+    # The agent before a job named its facility group: "-/<gateway>", the group looked up.
+    beat2 = heartbeat(time=now.isoformat())
+    r = app.post("/heartbeat", data=beat2, headers=sign_headers(RESULT_KEY, "-", "gw-2", beat2, int(now.timestamp())))
+    assert r.status_code == 200 and r.json == {"outcome": "recorded"}, r.json
+    r = app.post("/heartbeat", data=beat2, headers=sign_headers(RESULT_KEY, "-", "gw-404", beat2, int(now.timestamp())))
+    assert r.status_code == 401
 
     api = load_app("admin_api")
     r = api.get("/v1/facility-groups/fg-1/gateways", headers=admin_env.headers(("fg-1",)))
@@ -121,7 +128,8 @@ def test_heartbeat_through_the_entry_point_and_health_in_the_gateways_api(world,
     assert_matches_openapi(r.json, "/v1/facility-groups/{facility_group_id}/gateways", "get")
     by_id = {g["id"]: g["health"] for g in r.json["gateways"]}
     assert by_id["gw-1"]["state"] == "connected" and by_id["gw-1"]["silent_since"] is None
-    assert by_id["gw-2"] == {"state": "never", "last_contact_at": None, "silent_since": None}
+    assert by_id["gw-2"]["state"] == "connected"
+    assert by_id["gw-3"] == {"state": "never", "last_contact_at": None, "silent_since": None}
     r = api.get("/v1/facility-groups/fg-1/gateways/gw-1", headers=admin_env.headers(("fg-1",)))
     assert r.status_code == 200 and r.json["health"] == by_id["gw-1"]
     assert_matches_openapi(r.json, "/v1/facility-groups/{facility_group_id}/gateways/{gateway_id}", "get")

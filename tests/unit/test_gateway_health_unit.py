@@ -60,10 +60,16 @@ def test_the_agents_heartbeat_is_a_valid_signed_heartbeat_for_the_cloud():
         assert heartbeat_url(url + "/") == url + "/heartbeat"
         pulling = {"on": True}
         beats = Heartbeats(300, threading.Event())
-        beats.register("main", url, "the-key", is_pulling=lambda: pulling["on"])
-        assert beats.send("main") is False  # the gateway is not known yet: nothing sent
+        beats.register("main", url, "the-key", None, is_pulling=lambda: pulling["on"])
+        assert beats.send("main") is False  # the gateway is not known (not in the subscription id): nothing sent
         beats.learn("main", "fg-1", "gw-1")  # from a job message: sends at once
         assert len(got) == 1
+        beats.register("other", url, "the-key", "gw-2", is_pulling=lambda: True)  # from its subscription id
+        assert beats.send("other") is True
+        other_headers = {k.lower(): v for k, v in got[-1][1].items()}
+        assert other_headers["x-archsync-gateway"] == "-/gw-2"  # the cloud looks the group up
+        beats.unregister("other")
+        assert beats.send("other") is False
         path, headers, body = got[0]
         assert path == "/on_job_result/heartbeat"
         headers = {k.lower(): v for k, v in headers.items()}
@@ -73,6 +79,10 @@ def test_the_agents_heartbeat_is_a_valid_signed_heartbeat_for_the_cloud():
         signing.verify(b"the-key", canonical, body, int(canonical[signing.TIMESTAMP_HEADER]), 300)
         contracts.validate(contracts.GATEWAY_HEARTBEAT, json.loads(body))
         pulling["on"] = False  # its streaming pull ended: no heartbeat claims it runs
-        assert beats.send("main") is False and len(got) == 1
+        def mains() -> int:
+            return sum(1 for _, h, _ in got if {k.lower(): v for k, v in h.items()}["x-archsync-gateway"] == "fg-1/gw-1")
+
+        n = mains()
+        assert beats.send("main") is False and mains() == n
     finally:
         server.shutdown()
