@@ -227,7 +227,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Events or gateway jobs were dead-lettered. List them with their reasons and replay them after the fix: docs/operations.md \"Alerts\"."
+    content   = "Events or gateway jobs were dead-lettered. List them with their reasons and replay them after the fix: docs/operations-redrive.md (GET /v1/operations/dead-letters, scripts/redrive.py)."
   }
 
   alert_strategy {
