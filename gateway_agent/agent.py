@@ -32,6 +32,7 @@ from .jobs import JobRunner
 from .pipeline import PipelineSettings
 from .progress import ProgressReporter
 from .recent import RecentJobs
+from .heartbeat import Heartbeats
 from .results import ResultNotDelivered, ResultRefused, ResultReporter
 from .spool import Spool
 
@@ -130,6 +131,7 @@ class Agent:
         self.waiter = CommitmentWaiter()
         self._runner_factory = runner_factory or self._runner
         self._stopping = threading.Event()
+        self.heartbeats = Heartbeats(cfg.heartbeat_seconds, self._stopping, timeout=cfg.network_timeout_seconds)
         self._reporter_factory = reporter_factory or (
             lambda d: ResultReporter(d.result_endpoint_url, d.result_endpoint_secure_key, timeout=cfg.network_timeout_seconds,
                                      retry=cfg.result_retry, stop=self._stopping))
@@ -161,6 +163,8 @@ class Agent:
             log.error("not a job message; leaving it for the dead-letter topic",
                       extra={"delivery": delivery.name, "delivery_attempt": delivery_attempt})
             return "nack"
+        if isinstance(job.get("facility_group_id"), str) and isinstance(job.get("gateway_id"), str):
+            self.heartbeats.learn(delivery_fingerprint(delivery), job["facility_group_id"], job["gateway_id"])
         key = (job["job_id"], job["attempt"])
         ids = {"job_id": job["job_id"], "attempt": job["attempt"], "delivery_attempt": delivery_attempt}
         # A redelivery is logged with Pub/Sub's delivery attempt: how an operator (and the tests)
@@ -255,6 +259,7 @@ class Agent:
             self._listener = CommitmentListener(self.waiter, sc.ae_title, sc.host, sc.port).start()
         self._started = True
         self.apply(self.cfg)
+        self.heartbeats.start()
         return self
 
     def apply(self, cfg: AgentConfig) -> None:
@@ -324,12 +329,17 @@ class Agent:
         future = subscriber.subscribe(d.subscription_path, callback, flow_control=flow,
                                       scheduler=ThreadScheduler(executor=pool), await_callbacks_on_shutdown=True)
         log.info("job delivery active", extra={"delivery": d.name, "subscription": d.subscription_path})
+        from .linktest import gateway_id_of
+
+        self.heartbeats.register(delivery_fingerprint(d), d.result_endpoint_url, d.result_endpoint_secure_key,
+                                 gateway_id_of(d), is_pulling=lambda: not future.done())
         return _Pull(d, subscriber, future)
 
     def _stop_pull(self, pull: _Pull, wait: bool = False) -> None:
         """Stop one pull: no new messages; running jobs finish and settle their messages (in a
         background thread unless ``wait``)."""
         pull.stopping = True
+        self.heartbeats.unregister(delivery_fingerprint(pull.delivery))
         pull.future.cancel()
 
         def finish() -> None:

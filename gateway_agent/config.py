@@ -16,7 +16,7 @@ agent with safe defaults (see docs/gateway-agent.md)::
       "storage_commitment": {"ae_title": "GW_SCU", "host": "0.0.0.0", "port": 11113, "timeout_seconds": 60},
       "result_retry": {"initial_seconds": 1, "max_interval_seconds": 60, "max_seconds": 2700},
       "max_lease_seconds": 17100, "lease_extension_seconds": 300, "progress_interval_seconds": 60,
-      "free_disk_margin_mb": 512
+      "heartbeat_seconds": 300, "free_disk_margin_mb": 512
     }
 """
 from __future__ import annotations
@@ -167,6 +167,9 @@ class AgentConfig:
     lease_extension_seconds: float = 300.0
     # At most one IN_PROGRESS (with counts) per job this often while data flows.
     progress_interval_seconds: float = 60.0
+    # Signed heartbeats to <result_endpoint_url>/heartbeat while the agent runs (gateway_agent/heartbeat.py):
+    # keep it below half the cloud's gateway_silent_seconds (default 900).
+    heartbeat_seconds: float = 300.0
     # Free space kept in work_dir beyond the study's size before fetching it.
     free_disk_margin_mb: float = 512.0
     # Pub/Sub's gRPC endpoint (host:port): Google's by default; a Private Service Connect endpoint
@@ -286,6 +289,7 @@ def parse(raw: Any) -> AgentConfig:
         max_lease_seconds=_positive(raw, "max_lease_seconds", None, errors) if "max_lease_seconds" in raw else None,
         lease_extension_seconds=_positive(raw, "lease_extension_seconds", 300.0, errors),
         progress_interval_seconds=_positive(raw, "progress_interval_seconds", 60.0, errors),
+        heartbeat_seconds=_positive(raw, "heartbeat_seconds", 300.0, errors),
         free_disk_margin_mb=_positive(raw, "free_disk_margin_mb", 512.0, errors),
     )
     if not 10 <= cfg.lease_extension_seconds <= 600:  # the Pub/Sub client's bounds for one extension

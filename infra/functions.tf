@@ -138,6 +138,8 @@ locals {
     ARCHSYNC_PUBSUB_SERVICE_AGENT       = local.pubsub_service_agent_email
     ARCHSYNC_PROVISIONING_LEASE_SECONDS = tostring(var.provisioning_lease_seconds)
     ARCHSYNC_RESULT_KEY_GRACE_SECONDS   = tostring(var.result_key_grace_seconds)
+    ARCHSYNC_GATEWAY_SILENT_SECONDS     = tostring(var.gateway_silent_seconds)
+    ARCHSYNC_LOCK_OVERDUE_SECONDS       = tostring(var.lock_overdue_seconds)
     ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS      = var.admin_jwt_public_keys_pem
     ARCHSYNC_ADMIN_JWT_AUDIENCE         = var.admin_jwt_audience
     ARCHSYNC_ADMIN_JWT_ISSUER           = var.admin_jwt_issuer

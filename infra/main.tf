@@ -37,6 +37,8 @@ resource "google_project_service" "enabled" {
     "cloudscheduler.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com",    # log-based metrics (monitoring.tf)
+    "monitoring.googleapis.com", # alert policies and the dashboard (monitoring.tf)
     "pubsub.googleapis.com",
     "run.googleapis.com", # 2nd gen functions run as Cloud Run services
     "storage.googleapis.com",

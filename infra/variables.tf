@@ -243,3 +243,40 @@ variable "console_scope" {
   type        = string
   default     = "openid"
 }
+
+# --- Monitoring (issue 15; docs/operations.md) ---------------------------------------------------
+
+variable "gateway_silent_seconds" {
+  description = "ARCHSYNC_GATEWAY_SILENT_SECONDS: a gateway with no contact (signed result or heartbeat) for longer than this is \"silent\" in the Gateways table, and sweep_jobs reports it when published jobs have waited as long for it (alert gateway_silent). Keep it above 2 heartbeat intervals of the agents (agent default 300 s)."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.gateway_silent_seconds >= 120
+    error_message = "gateway_silent_seconds must be at least 120 (contacts are recorded at most once a minute)."
+  }
+}
+
+variable "lock_overdue_seconds" {
+  description = "ARCHSYNC_LOCK_OVERDUE_SECONDS: sweep_jobs reports every order lock held longer than this (alert lock_held_too_long)."
+  type        = number
+  default     = 7200
+}
+
+variable "alert_notification_channels" {
+  description = "Ids of the Cloud Monitoring notification channels every alert policy notifies (\"projects/<project>/notificationChannels/<id>\"; create them in the console or with google_monitoring_notification_channel). Empty: incidents open in the console only."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_failed_jobs_threshold" {
+  description = "Alert failed_jobs: more than this many jobs of one destination FAILED (gateway-reported or undeliverable, not timed out) within 10 minutes."
+  type        = number
+  default     = 5
+}
+
+variable "alert_timed_out_jobs_threshold" {
+  description = "Alert timed_out_jobs: more than this many jobs of one destination timed out (archive state UNKNOWN) within 10 minutes."
+  type        = number
+  default     = 0
+}

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 from .domain.dead_letters import DeadLetterRecord, ParkedMessage
+from .domain.health import GatewayHealth
 from .domain.jobs import Transition
 from .domain.models import ArchiveState, Deferral, Destination, Facility, FacilityGroup, Gateway, Job
 from .signing import ResultKeys
@@ -149,3 +150,19 @@ class DeadLetterIndex(Protocol):
         """Records in id order, after the id ``after``."""
         ...
     def mark_replayed(self, record_id: str, at: datetime, by: str, message_id: str) -> Optional[DeadLetterRecord]: ...
+
+
+class HealthStore(Protocol):
+    """Gateway health (shared/domain/health.py) and the sweeper's monitoring queries."""
+
+    def gateway_health(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], GatewayHealth]:
+        """Health of each (facility group id, gateway id) that has been in contact."""
+        ...
+
+    def record_contact(self, fg: str, gateway_id: str, kind: str, at: datetime, *,
+                       last_pull_at: Optional[datetime] = None, min_interval_seconds: int = 60) -> bool:
+        """Record a contact (result | heartbeat), throttled; True if written."""
+        ...
+
+    def stale_queued_jobs(self, queued_before: datetime, limit: int) -> list[Job]: ...
+    def overdue_locks(self, queued_before: datetime, limit: int) -> list[Job]: ...

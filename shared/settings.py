@@ -28,6 +28,11 @@ class Settings:
     # After a Result Endpoint key rotation the previous key keeps verifying this long, so gateways
     # can be switched to the new key without losing results (issue 11 item 5; docs/admin-api.md).
     result_key_grace_seconds: int = 24 * 3600
+    # Monitoring (issue 15; docs/operations.md): a gateway without contact (result or heartbeat)
+    # for longer than this is "silent" in the Gateways table, and the sweeper reports it when jobs
+    # wait for it; an order lock held longer than lock_overdue_seconds is reported by the sweeper.
+    gateway_silent_seconds: int = 900
+    lock_overdue_seconds: int = 7200
     admin_jwt_public_keys: tuple[str, ...] = ()
     admin_jwt_audience: str = ""
     admin_jwt_issuer: str = ""
@@ -83,6 +88,8 @@ class Settings:
             pubsub_service_agent=env.get("ARCHSYNC_PUBSUB_SERVICE_AGENT", ""),
             provisioning_lease_seconds=num("ARCHSYNC_PROVISIONING_LEASE_SECONDS", cls.provisioning_lease_seconds),
             result_key_grace_seconds=num("ARCHSYNC_RESULT_KEY_GRACE_SECONDS", cls.result_key_grace_seconds),
+            gateway_silent_seconds=num("ARCHSYNC_GATEWAY_SILENT_SECONDS", cls.gateway_silent_seconds),
+            lock_overdue_seconds=num("ARCHSYNC_LOCK_OVERDUE_SECONDS", cls.lock_overdue_seconds),
             admin_jwt_public_keys=_pems(env.get("ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS", "")),
             admin_jwt_audience=env.get("ARCHSYNC_ADMIN_JWT_AUDIENCE", ""),
             admin_jwt_issuer=env.get("ARCHSYNC_ADMIN_JWT_ISSUER", ""),
@@ -122,6 +129,8 @@ ENV_VARS = (
     "ARCHSYNC_PUBSUB_SERVICE_AGENT",
     "ARCHSYNC_PROVISIONING_LEASE_SECONDS",
     "ARCHSYNC_RESULT_KEY_GRACE_SECONDS",
+    "ARCHSYNC_GATEWAY_SILENT_SECONDS",
+    "ARCHSYNC_LOCK_OVERDUE_SECONDS",
     "ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS",
     "ARCHSYNC_ADMIN_JWT_AUDIENCE",
     "ARCHSYNC_ADMIN_JWT_ISSUER",

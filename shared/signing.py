@@ -52,6 +52,10 @@ class ResultKeys:
         return (self.current,)
 
 
+class StaleTimestamp(Unauthorized):
+    """The signature's timestamp is outside the replay window (often a gateway clock that drifted)."""
+
+
 def signature(key: bytes, timestamp: str, body: bytes) -> str:
     return "v1=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
@@ -87,7 +91,7 @@ def check_headers(headers: Mapping[str, str], now_unix: float, max_skew: int) ->
     if not _TIMESTAMP.fullmatch(ts) or not _SIGNATURE.fullmatch(sig):
         raise Unauthorized("missing or malformed signature headers")
     if abs(now_unix - int(ts)) > max_skew:
-        raise Unauthorized("timestamp outside the replay window")
+        raise StaleTimestamp("timestamp outside the replay window")
     return ts, sig
 
 

@@ -166,7 +166,8 @@ def admin_service(settings: Settings):
     jobs = JobsService(firestore_store(settings), lambda: job_publisher(settings), SystemClock(), settings.timeout_policy,
                        lambda: object_store(settings))
     return AdminService(firestore_store(settings), provisioner(settings), key_vault(settings), iam_admin(settings),
-                        SystemClock(), jobs, result_key_grace_seconds=settings.result_key_grace_seconds)
+                        SystemClock(), jobs, result_key_grace_seconds=settings.result_key_grace_seconds,
+                        health=firestore_store(settings), gateway_silent_seconds=settings.gateway_silent_seconds)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,5 @@
-"""Cloud Function ``on_job_result``: the Result Endpoint URL gateways POST signed results to."""
+"""Cloud Function ``on_job_result``: the Result Endpoint URL gateways POST signed results to, and
+``<Result Endpoint URL>/heartbeat`` their signed heartbeats."""
 import os
 
 import functions_framework
@@ -27,7 +28,9 @@ def on_job_result(request):
         store = wiring.firestore_store(settings)
         service = ResultService(store, wiring.secret_store(settings), SystemClock(),
                                 settings.timeout_policy, settings.signature_max_skew_seconds,
-                                followups=lambda: wiring.followups(settings), directory=store)
+                                followups=lambda: wiring.followups(settings), directory=store, health=store)
+        if request.path.rstrip("/").endswith("/heartbeat"):  # <Result Endpoint URL>/heartbeat (issue 15 item 3)
+            return json_response({"outcome": service.heartbeat(request.headers, body)})
         t = service.handle(request.headers, body)
         job = t.job
         return json_response({"outcome": t.outcome, "job_state": job.state.value if job else None})

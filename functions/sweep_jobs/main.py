@@ -22,7 +22,9 @@ def sweep_jobs(request):
         settings = Settings.from_env(os.environ, function=NAME)
         store = wiring.firestore_store(settings)
         report = SweepService(store, store, wiring.job_publisher(settings), SystemClock(), settings.sweep_batch_size,
-                              provisioner=wiring.provisioner(settings), followups=wiring.followups(settings)).run()
+                              provisioner=wiring.provisioner(settings), followups=wiring.followups(settings),
+                              health=store, gateway_silent_seconds=settings.gateway_silent_seconds,
+                              lock_overdue_seconds=settings.lock_overdue_seconds).run()
         return json_response({"timed_out": report.timed_out, "held_failed": report.held_failed, "republished": report.republished,
                               "gateways_finished": report.gateways_finished, "errors": report.errors})
 

@@ -8,6 +8,7 @@ Layout (everything under the tenant, so a path always names its facility group):
   facility_groups/{fg}/jobs/{job}                          ids from shared.domain.rules.job_id
   facility_groups/{fg}/jobs/{job}/deferrals/{event}        instances added while an ARCHIVE job ran
   facility_groups/{fg}/exams/{exam}/archive_states/{destination}
+  facility_groups/{fg}/gateway_health/{gateway}            last contact of a gateway (firestore_health.py)
 The order lock is the ``lock_held`` flag of the exam's running archive jobs: it is cleared in the
 same write that makes a job final, so a lock cannot outlive its job.
 """
@@ -38,6 +39,7 @@ from ..domain.models import (
 from ..domain.job_query import all_shapes, indexes_for
 from . import codec
 from .errors import TRANSIENT, is_commit_contention
+from .firestore_health import MONITORING_INDEXES, HealthQueries
 
 GROUPS = "facility_groups"
 FACILITIES = "facilities"
@@ -54,6 +56,8 @@ COMPOSITE_INDEXES = (
     (JOBS, "COLLECTION_GROUP", (("state", "ASCENDING"), ("deadline", "ASCENDING"))),
     (JOBS, "COLLECTION_GROUP", (("published", "ASCENDING"), ("state", "ASCENDING"), ("publish_lease_until", "ASCENDING"))),
     ("provisioning", "COLLECTION_GROUP", (("state", "ASCENDING"), ("lease_until", "ASCENDING"))),
+    # The sweeper's monitoring queries (silent gateways, overdue order locks): firestore_health.py.
+    *MONITORING_INDEXES,
     # The Jobs tab (shared/domain/job_query.py): one index per filterable field and ordering.
     *((JOBS, "COLLECTION", fields) for fields in sorted({i for s in all_shapes() for i in indexes_for(s)})),
 )
@@ -103,7 +107,7 @@ def _firestore_error(e: Exception) -> Optional[ArchSyncError]:
 _GATEWAY_GROUPS: dict[str, str] = {}
 
 
-class FirestoreStore:
+class FirestoreStore(HealthQueries):
     def __init__(self, client: firestore.Client):
         self._db = client
         self.ops = OpCounter()

@@ -20,6 +20,7 @@ PATIENT_UPDATED = "patient-updated.v1"
 FACILITY_CHANGED = "facility-changed.v1"
 JOB_MESSAGE = "job-message.v1"
 JOB_RESULT = "job-result.v1"
+GATEWAY_HEARTBEAT = "gateway-heartbeat.v1"
 DEAD_LETTER = "dead-letter.v1"
 INSTANCE_LIST = "instance-list.v1"
 

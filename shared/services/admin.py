@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from datetime import timedelta
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .. import logs
 from ..adapters.gcs import VaultSecrets, decode_result_keys, result_key_object, sa_key_object
@@ -15,7 +15,8 @@ from ..domain import history
 from ..domain.errors import Conflict, NotFound, ValidationFailed
 from ..domain.models import Destination, Gateway
 from ..domain.validation import is_valid_id, validate_destination, validate_gateway
-from ..ports import Clock
+from ..domain.health import health_view
+from ..ports import Clock, HealthStore
 import secrets
 
 from .provisioning import Provisioner, new_gateway_id, new_result_key
@@ -46,8 +47,12 @@ def _changed(old: Any, new: Any, fields: frozenset[str]) -> list[str]:
 
 class AdminService:
     def __init__(self, store: Any, provisioner: Provisioner, vault: Any, iam: Any, clock: Clock, jobs: Any = None,
-                 result_key_grace_seconds: int = 24 * 3600):
+                 result_key_grace_seconds: int = 24 * 3600, health: Optional[HealthStore] = None,
+                 gateway_silent_seconds: int = 900):
+        """``health``: each gateway's last contact, shown as its ``health`` (issue 15 item 3); silent
+        after ``gateway_silent_seconds`` without contact."""
         self._store, self._prov, self._vault, self._iam, self._clock = store, provisioner, vault, iam, clock
+        self._health, self._silent_after = health, gateway_silent_seconds
         self._result_key_grace = result_key_grace_seconds
         self.jobs = jobs  # the Jobs tab (services/jobs.py), behind the same authentication
 
@@ -86,13 +91,22 @@ class AdminService:
                 for f in self._store.facility_records(fg) if not f.removed]
 
     # -- gateways ------------------------------------------------------------------------
+    def _views(self, gateways: Sequence[Gateway], names: Mapping[str, str]) -> list[dict]:
+        """Gateway rows with their health: one batched read of the health documents."""
+        if self._health is None:
+            return [gateway_view(g, names) for g in gateways]
+        found = self._health.gateway_health([(g.facility_group_id, g.id) for g in gateways])
+        now = self._clock.now()
+        return [gateway_view(g, names, health_view(found.get((g.facility_group_id, g.id)), now, self._silent_after))
+                for g in gateways]
+
     def list_gateways(self, caller: Caller, fg: str) -> list[dict]:
         caller.require_group(fg)
         names = self._store.facilities(fg)
-        return [gateway_view(g, names) for g in self._store.list_gateways(fg)]
+        return self._views(self._store.list_gateways(fg), names)
 
     def get_gateway(self, caller: Caller, fg: str, gateway_id: str) -> dict:
-        return gateway_view(self._gateway(caller, fg, gateway_id), self._store.facilities(fg))
+        return self._views([self._gateway(caller, fg, gateway_id)], self._store.facilities(fg))[0]
 
     def create_gateway(self, caller: Caller, fg: str, data: Any) -> dict:
         caller.require_group(fg)
@@ -101,7 +115,7 @@ class AdminService:
         gateway = validate_gateway(_body(data, GATEWAY_FIELDS), gateway_id=gw_id, facility_group_id=fg,
                                    group_facility_ids=selectable, topic_id="", subscription_id="")
         created = self._prov.create(gateway, caller.label)
-        return gateway_view(created, facilities)
+        return self._views([created], facilities)[0]
 
     def update_gateway(self, caller: Caller, fg: str, gateway_id: str, data: Any) -> dict:
         current = self._gateway(caller, fg, gateway_id)
@@ -129,7 +143,7 @@ class AdminService:
         updated = history.recorded_gateway(current, updated, now)  # activation and scope instants (rule 1)
         self._store.put_gateway(updated, actor=caller.label, action="gateway.update",
                                 fields=_changed(current, updated, GATEWAY_FIELDS))
-        return gateway_view(updated, facilities)
+        return self._views([updated], facilities)[0]
 
     def delete_gateway(self, caller: Caller, fg: str, gateway_id: str) -> None:
         gw = self._gateway(caller, fg, gateway_id)
@@ -176,7 +190,7 @@ class AdminService:
         if gw.provisioning_state != "READY":
             raise Conflict("the gateway is being deleted")
         updated = self._prov.rotate_key(gw, caller.label)
-        return gateway_view(updated, self._store.facilities(fg))
+        return self._views([updated], self._store.facilities(fg))[0]
 
     def rotate_result_endpoint_key(self, caller: Caller, fg: str, gateway_id: str, grace_seconds: Optional[str] = None) -> None:
         """A new Result Endpoint key becomes current at once; the old one keeps verifying for the
@@ -269,10 +283,11 @@ def _facility_names(ids: tuple[str, ...], names: Mapping[str, str]) -> str:
     return ", ".join(names.get(f, f) for f in ids) if ids else "All"
 
 
-def gateway_view(g: Gateway, facility_names: Mapping[str, str]) -> dict:
+def gateway_view(g: Gateway, facility_names: Mapping[str, str], health: Optional[dict] = None) -> dict:
     """A row of the Gateways table (seed 000) plus the details an administrator needs to link the
-    physical gateway (seed 000 Step 3). Never any key material."""
-    return {
+    physical gateway (seed 000 Step 3), and its ``health`` (shared/domain/health.py health_view).
+    Never any key material."""
+    view = {
         "id": g.id, "name": g.name, "description": g.description,
         "pubsub_subscription_id": g.subscription_id, "pubsub_topic_id": g.topic_id,
         "created_by": g.created_by, "updated_by": g.updated_by,
@@ -282,6 +297,9 @@ def gateway_view(g: Gateway, facility_names: Mapping[str, str]) -> dict:
         "service_account_email": g.service_account_email,
         "sa_json_download": f"/v1/facility-groups/{g.facility_group_id}/gateways/{g.id}/service-account-key",
     }
+    if health is not None:
+        view["health"] = health
+    return view
 
 
 def destination_view(d: Destination, gateway: Optional[Gateway], facility_names: Mapping[str, str]) -> dict:

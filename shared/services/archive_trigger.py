@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import logs
+from .. import logs, metrics
 from ..domain.errors import ArchSyncError, PermanentError, TransientError
 from ..domain.models import LOCKING_TRIGGERS, Destination, ExamStatus, ExamStatusChanged, Gateway, Job, JobState, JobType
 from ..domain.rules import TimeoutPolicy, archive_job_id, decide, gateway_ids_to_read
@@ -101,6 +101,7 @@ class ArchiveTriggerService:
             source_event_id=event.event_id,
         )
         if self._jobs.create_job(job):
+            metrics.job_created(job)
             logs.info("archive job queued", job_id=job.id, event_id=event.event_id, destination_id=destination.id,
                       lock=job.lock_held, facility_group_id=job.facility_group_id)
             self._publisher.publish(job, destination, gateway)

@@ -2,9 +2,10 @@
 topic with its reason and is acknowledged; anything transient raises so Pub/Sub redelivers."""
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
-from .. import contracts, logs
+from .. import contracts, metrics
 from ..domain.errors import PermanentError
 from ..ports import MessageBus
 from ..pubsub_events import PubSubMessage, from_cloud_event_data, json_payload
@@ -16,7 +17,9 @@ class DeadLetter:
         self._topic = topic_id
         self._function = function_name
 
-    def send(self, message: PubSubMessage, reason: str, event_id: str = "") -> None:
+    def send(self, message: PubSubMessage, reason: str, event_id: str = "", reason_code: str = "PERMANENT_ERROR") -> None:
+        """``reason``: free text for people (ids, never values); ``reason_code``: a bounded code
+        for metrics (reason_code_of), the label of archsync/dead_lettered (infra/monitoring.tf)."""
         attributes = {
             "reason": reason[:1024],
             "function": self._function,
@@ -27,7 +30,13 @@ class DeadLetter:
             attributes["event_id"] = event_id
         # Raises if the dead-letter topic is unreachable, so the message is redelivered, not lost.
         self._bus.publish(self._topic, message.data, attributes)
-        logs.error("message dead-lettered", reason=reason, function=self._function, message_id=message.message_id)
+        metrics.dead_lettered(self._function, reason_code, message.message_id, reason)
+
+
+def reason_code_of(error: Exception) -> str:
+    """A bounded code for a permanent failure: its error class in upper snake case
+    (MalformedInput -> MALFORMED_INPUT), so the metric has a few label values, not one per message."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).upper()
 
 
 def run_pubsub(cloud_event: Any, schema: str, handle: Callable[[dict], Any], dead_letter: DeadLetter) -> Any:
@@ -38,7 +47,7 @@ def run_pubsub(cloud_event: Any, schema: str, handle: Callable[[dict], Any], dea
     try:
         message = from_cloud_event_data(cloud_event.data, source, ce_id)
     except PermanentError as e:  # not even an envelope: park what there is
-        dead_letter.send(PubSubMessage(ce_id, b"", {}, source), str(e))
+        dead_letter.send(PubSubMessage(ce_id, b"", {}, source), str(e), reason_code="BAD_ENVELOPE")
         return None
     event_id = ""
     try:
@@ -48,5 +57,5 @@ def run_pubsub(cloud_event: Any, schema: str, handle: Callable[[dict], Any], dea
         contracts.validate(schema, payload)
         return handle(payload)
     except PermanentError as e:
-        dead_letter.send(message, str(e), event_id)
+        dead_letter.send(message, str(e), event_id, reason_code=reason_code_of(e))
         return None

@@ -19,7 +19,7 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional, Sequence, Union
 
-from .. import logs
+from .. import logs, metrics
 from ..domain import instance_lists
 from ..domain.errors import PermanentError
 from ..domain.jobs import Transition, failure
@@ -114,6 +114,7 @@ class FollowUps:
                 self._objects.delete(uri)  # no job will ever name it: leave no orphan behind
             raise
         if created:
+            metrics.job_created(job)
             self._publisher.publish(job, destination, gateway)
         else:
             latest = self._jobs.get_job(fg, jid)
@@ -177,13 +178,17 @@ class FollowUps:
         """Fail a job that waits for another (not yet sent); True if this call failed it."""
         now = self._clock.now()
 
+        seen: list[Job] = []
+
         def fail(j: Job) -> Transition:
+            seen.append(j)
             if j.state.is_final or not j.held:  # a released job is the gateway's now
                 return Transition("ignored")
             return Transition("applied", dataclasses.replace(j, state=JobState.FAILED, held=False, completed_at=now,
                                                              **failure(j, reason)))
 
         t = self._jobs.transact_job(fg, dependent_id, fail)
+        metrics.job_transition(seen[-1] if seen else None, t, now)
         if t is not None and t.outcome == "applied":
             logs.warning("held job failed", job_id=dependent_id, reason=reason, facility_group_id=fg)
             return True

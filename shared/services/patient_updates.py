@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from .. import logs
+from .. import logs, metrics
 from ..domain.errors import MalformedInput, TransientError
 from ..domain.models import ArchiveStateValue, Destination, Gateway, Job, JobState, JobType
 from ..domain.rules import TimeoutPolicy, job_id
@@ -117,6 +117,7 @@ class PatientUpdateService:
             publish_lease_until=now + self._publisher.lease, source_event_id=payload["event_id"],
             hl7={"host": d.hl7_host, "port": d.hl7_port, "message": message, "control_id": control_id})
         if self._jobs.create_job(job):
+            metrics.job_created(job)
             self._publisher.publish(job, d, gw)
         else:
             existing = self._jobs.get_job(fg, jid)

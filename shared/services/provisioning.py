@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Optional
 
-from .. import logs
+from .. import logs, metrics
 from ..adapters.gcs import result_key_object, sa_key_object
 from ..domain import history
 from ..domain.errors import ArchSyncError, Conflict, TransientError
@@ -83,8 +83,8 @@ class Provisioner:
                 self._do(step, res, state, actor)
         except Exception as e:  # not BaseException: a dying process leaves the rollback to the sweeper
             why = str(e) if isinstance(e, ArchSyncError) else type(e).__name__
-            logs.error("gateway provisioning failed; rolling back", gateway_id=res.gateway_id,
-                       facility_group_id=res.facility_group_id, step=attempted[-1] if attempted else None, why=why)
+            metrics.provisioning_failed(res.facility_group_id, res.gateway_id, Operation.CREATE.value,
+                                        attempted[-1] if attempted else None, why)
             self._rollback(res, attempted, why)
             raise ProvisioningFailed(f"Gateway provisioning failed at step '{attempted[-1]}' and was rolled back; "
                                      "nothing was created. Retry later.") from None
@@ -168,8 +168,9 @@ class Provisioner:
             self._undo(res, steps, actor="", audited_delete=False)
             self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLED_BACK)
         except Exception as e:  # the log stays ROLLING_BACK: the sweeper finishes when its lease runs out
-            logs.error("rollback incomplete; the sweeper will finish it", gateway_id=res.gateway_id,
-                       facility_group_id=res.facility_group_id, why=type(e).__name__)
+            metrics.provisioning_rolled_back(res.facility_group_id, res.gateway_id, "request", False, type(e).__name__)
+        else:
+            metrics.provisioning_rolled_back(res.facility_group_id, res.gateway_id, "request", True, why)
 
     # -- delete --------------------------------------------------------------------------
     def delete(self, gateway: Gateway, actor: str, still_free: Callable[[], Optional[str]]) -> None:
@@ -213,8 +214,8 @@ class Provisioner:
             new_name, key_json = c.iam.create_key(email)
             c.vault.put(sa_key_object(res.facility_group_id, res.gateway_id), key_json, "application/json")
         except Exception as e:  # settle: whichever key the vault holds now stays, any other goes
-            logs.error("service account key rotation failed; settling", gateway_id=res.gateway_id,
-                       facility_group_id=res.facility_group_id, why=str(e) if isinstance(e, ArchSyncError) else type(e).__name__)
+            metrics.provisioning_failed(res.facility_group_id, res.gateway_id, Operation.ROTATE_KEY.value, "service_account_key",
+                                        str(e) if isinstance(e, ArchSyncError) else type(e).__name__)
         try:
             kept = self._settle_key(res, actor)
         except Exception as e:  # the log stays IN_PROGRESS: the sweeper settles it when the lease runs out
@@ -266,6 +267,8 @@ class Provisioner:
                 if claimed.operation is Operation.CREATE:
                     self._undo(res, claimed.steps, actor="sweeper", audited_delete=False)
                     self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLED_BACK)
+                    metrics.provisioning_rolled_back(res.facility_group_id, res.gateway_id, "sweeper", True,
+                                                     "abandoned creation")
                 elif claimed.operation is Operation.ROTATE_KEY:
                     self._settle_key(res, claimed.actor or "sweeper")  # marks the log DONE
                 else:

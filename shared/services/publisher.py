@@ -13,7 +13,7 @@ import dataclasses
 import time
 from datetime import timedelta
 
-from .. import logs
+from .. import logs, metrics
 from ..domain.errors import PermanentError, TransientError
 from ..domain.jobs import Transition, failure
 from ..domain.messages import job_message
@@ -70,12 +70,16 @@ class JobPublisher:
     def _fail_undeliverable(self, job: Job, why: str) -> None:
         now = self._clock.now()
 
+        seen: list[Job] = []
+
         def fail(current: Job) -> Transition:
+            seen.append(current)
             if current.state.is_final:
                 return Transition("ignored")
             return Transition("applied", dataclasses.replace(
                 current, state=JobState.FAILED, completed_at=now, lock_held=False,
                 **failure(current, f"Job could not be delivered to the gateway: {why}.")))
 
-        self._jobs.transact_job(job.facility_group_id, job.id, fail)
+        t = self._jobs.transact_job(job.facility_group_id, job.id, fail)
+        metrics.job_transition(seen[-1] if seen else None, t, now)
         logs.error("job undeliverable", job_id=job.id, reason=why, facility_group_id=job.facility_group_id)

@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .. import logs
+from .. import logs, metrics
 from ..domain import instance_lists
 from ..domain.errors import MalformedInput, PermanentError
 from ..domain.jobs import accepts_deferrals
@@ -198,6 +198,7 @@ class StudyChangeService:
                 self._objects.delete(uri)  # no job will ever name it: leave no orphan note behind
             raise
         if created:
+            metrics.job_created(job)
             if not waits_for:
                 self._publisher.publish(job, d, gw)
         else:
