@@ -137,6 +137,7 @@ locals {
     ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC  = google_pubsub_topic.dead_letter["gateway"].name
     ARCHSYNC_PUBSUB_SERVICE_AGENT       = local.pubsub_service_agent_email
     ARCHSYNC_PROVISIONING_LEASE_SECONDS = tostring(var.provisioning_lease_seconds)
+    ARCHSYNC_GATEWAY_IDENTITY_PROJECTS  = join(",", var.gateway_identity_projects)
     ARCHSYNC_RESULT_KEY_GRACE_SECONDS   = tostring(var.result_key_grace_seconds)
     ARCHSYNC_ADMIN_JWT_PUBLIC_KEYS      = var.admin_jwt_public_keys_pem
     ARCHSYNC_ADMIN_JWT_AUDIENCE         = var.admin_jwt_audience
