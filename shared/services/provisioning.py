@@ -237,6 +237,22 @@ class Provisioner:
         self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DELETED)
         logs.info("gateway deleted", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
 
+    # -- migration of gateways provisioned before managed folders (docs/scale.md) ------------
+    def migrate_bucket_access(self, gateway: Gateway) -> None:
+        """Move a gateway's read grants from the buckets' own policies (one conditional binding
+        per gateway, as provisioned before) to its managed folders. The folders are granted first,
+        so the gateway never loses access; then its bindings on the bucket policies are removed.
+        Idempotent: a gateway already moved only costs the reads."""
+        c, s = self._cloud, self._settings
+        res = GatewayResources(gateway.facility_group_id, gateway.id)
+        member = f"serviceAccount:{gateway.service_account_email}"
+        c.folders.grant_reader(s.objects_bucket, res.objects_prefix, member)
+        c.folders.grant_reader(s.study_bucket, res.study_prefix, member)
+        c.bucket_iam.revoke_member(s.objects_bucket, member)
+        c.bucket_iam.revoke_member(s.study_bucket, member)
+        logs.info("gateway bucket access moved to managed folders", gateway_id=res.gateway_id,
+                  facility_group_id=res.facility_group_id)
+
     # -- service-account key rotation (issue 11 item 16) ------------------------------------
     def rotate_key(self, gateway: Gateway, actor: str) -> Gateway:
         """Replace the gateway's service-account key as one unit. The durable log records the
