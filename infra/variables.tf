@@ -198,7 +198,7 @@ variable "study_bucket" {
 }
 
 variable "study_bucket_iam_role" {
-  description = "Role granted to the gateway provisioners on var.study_bucket. null: this project's custom role archsyncBucketIamAdmin (storage.buckets.get, getIamPolicy, setIamPolicy), which can be granted only if the study bucket is in this project. For a bucket in another project, a custom role with the same permissions defined there or in the organization: projects/<project>/roles/<id> or organizations/<org>/roles/<id>."
+  description = "Role granted to the gateway provisioners on var.study_bucket. null: this project's custom role archsyncBucketIamAdmin (storage.buckets.get, getIamPolicy, setIamPolicy and storage.managedFolders.create, delete, get, getIamPolicy, setIamPolicy), which can be granted only if the study bucket is in this project. For a bucket in another project, a custom role with the same permissions defined there or in the organization: projects/<project>/roles/<id> or organizations/<org>/roles/<id>."
   type        = string
   default     = null
 
