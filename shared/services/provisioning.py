@@ -246,10 +246,10 @@ class Provisioner:
         c, s = self._cloud, self._settings
         res = GatewayResources(gateway.facility_group_id, gateway.id)
         member = f"serviceAccount:{gateway.service_account_email}"
-        c.folders.grant_reader(s.objects_bucket, res.objects_prefix, member)
-        c.folders.grant_reader(s.study_bucket, res.study_prefix, member)
-        c.bucket_iam.revoke_member(s.objects_bucket, member)
-        c.bucket_iam.revoke_member(s.study_bucket, member)
+        for bucket, folder in ((s.objects_bucket, res.objects_prefix), (s.study_bucket, res.study_prefix)):
+            c.folders.grant_reader(bucket, folder, member)
+        for bucket in (s.objects_bucket, s.study_bucket):
+            c.bucket_iam.revoke_member(bucket, member)
         logs.info("gateway bucket access moved to managed folders", gateway_id=res.gateway_id,
                   facility_group_id=res.facility_group_id)
 
