@@ -98,8 +98,14 @@ def storage_client(endpoint: str, project: str = "test-project") -> "storage.Cli
 # Bucket IAM stand-in
 
 _IAM_PATH = re.compile(r"^(?:/storage/v1)?/b/([^/]+)/iam(/testPermissions)?$")
+_FOLDERS_PATH = re.compile(r"^/storage/v1/b/([^/]+)/managedFolders(?:/([^/]+))?(/iam)?$")
 _HTTP_ALIASES = {"GET": "getIamPolicy", "PUT": "setIamPolicy"}
-METHODS = frozenset({"getIamPolicy", "setIamPolicy", "testIamPermissions"})
+METHODS = frozenset({"getIamPolicy", "setIamPolicy", "testIamPermissions", "managedFolders.insert",
+                     "managedFolders.delete", "managedFolders.getIamPolicy", "managedFolders.setIamPolicy"})
+
+DEFAULT_MAX_POLICY_PRINCIPALS = 1500
+"""IAM: an allow policy holds at most 1,500 principals, every occurrence in every binding counted
+(IAM "Understanding allow policies", principal limits); a bucket's and each managed folder's."""
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection", "te",
                "trailer", "upgrade"}
 
@@ -179,8 +185,10 @@ class BucketIamStandIn:
                  member_check: Optional[Callable[[str], Optional[str]]] = None,
                  principal_of: Optional[Callable[[str], Optional[str]]] = None,
                  custom_roles: Optional[Mapping[str, Iterable[str]]] = None,
-                 owners: Iterable[str] = ()) -> None:
+                 owners: Iterable[str] = (), max_policy_principals: Optional[int] = DEFAULT_MAX_POLICY_PRINCIPALS) -> None:
         self.upstream = upstream.rstrip("/") if upstream else None
+        # A policy PUT (bucket or managed folder) naming more principals is refused with IAM's 400.
+        self.max_policy_principals = max_policy_principals
         self.member_check = member_check
         self.principal_of = principal_of
         self.owners = frozenset(owners)
@@ -237,6 +245,12 @@ class BucketIamStandIn:
             return json.loads(json.dumps(self._policies))
 
     @property
+    def folder_policies(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Snapshot: (bucket, managed folder name) -> its policy (GCS JSON format)."""
+        with self._lock:
+            return {(b, f): json.loads(json.dumps(p)) for (b, f), p in self._folders.items()}
+
+    @property
     def upload_sessions(self) -> int:
         """How many resumable upload sessions this front authorised (and will continue)."""
         with self._lock:
@@ -270,6 +284,7 @@ class BucketIamStandIn:
 
     def _clear(self) -> None:
         self._policies: dict[str, dict[str, Any]] = {}
+        self._folders: dict[tuple[str, str], dict[str, Any]] = {}  # (bucket, managed folder) -> its policy
         self._calls: collections.Counter[str] = collections.Counter()
         self._decisions: collections.deque[Decision] = collections.deque(maxlen=10_000)
         self._failures: dict[str, collections.deque[int]] = collections.defaultdict(collections.deque)
@@ -307,6 +322,15 @@ class BucketIamStandIn:
         with self._lock:
             policy = self._policies.get(need.bucket)
             bindings = json.loads(json.dumps(policy["bindings"])) if policy else []
+            # Managed folders (Cloud Storage "Managed folders", IAM): a folder's policy applies to
+            # the objects under its name, to listing with a prefix under it, and to the folder and
+            # the folders nested in it; nested grants add up.
+            within = need.object if need.object is not None else need.managed_folder if need.managed_folder \
+                is not None else need.list_prefix
+            if within is not None:
+                for (bucket, folder), folder_policy in self._folders.items():
+                    if bucket == need.bucket and within.startswith(folder):
+                        bindings.extend(json.loads(json.dumps(folder_policy["bindings"])))
             roles = dict(self._roles)
         activation: Optional[dict[str, Any]] = None
         for binding in bindings:
@@ -436,10 +460,7 @@ class BucketIamStandIn:
                 raise _HttpError(400, f"Invalid condition {condition!r}: expression is required.")
         if version < 3 and _has_conditions({"bindings": bindings}):
             raise _HttpError(400, "Conditional role bindings require policy version 3.")
-        for member in (m for binding in bindings for m in binding["members"]):
-            problem = self.member_check(member) if self.member_check is not None else None
-            if problem:
-                raise _HttpError(400, problem)
+        self._check_members(bindings)
         with self._lock:
             current = self._policies.get(bucket)
             current_etag = current["etag"] if current else EMPTY_POLICY_ETAG
@@ -450,6 +471,111 @@ class BucketIamStandIn:
                       "bindings": json.loads(json.dumps(bindings)), "etag": etag}
             self._policies[bucket] = policy
             return json.loads(json.dumps(policy))
+
+    def _check_members(self, bindings: list[dict[str, Any]]) -> None:
+        """IAM's checks of a policy's members: at most ``max_policy_principals`` occurrences, and
+        each member known (``member_check``)."""
+        count = sum(len(b["members"]) for b in bindings)
+        if self.max_policy_principals is not None and count > self.max_policy_principals:
+            raise _HttpError(400, f"The number of members in the policy ({count:,}) is larger than the maximum "
+                                  f"allowed size {self.max_policy_principals:,}.")
+        for member in (m for binding in bindings for m in binding["members"]):
+            problem = self.member_check(member) if self.member_check is not None else None
+            if problem:
+                raise _HttpError(400, problem)
+
+    # ---- managed folders -------------------------------------------------------------------
+    def _folder_resource(self, bucket: str, name: str) -> dict[str, Any]:
+        return {"kind": "storage#managedFolder", "id": f"{bucket}/{name}", "name": name, "bucket": bucket}
+
+    def insert_folder(self, bucket: str, body: bytes) -> dict[str, Any]:
+        """managedFolders.insert: 409 if it exists; the name must end with '/'."""
+        self._enter("managedFolders.insert")
+        try:
+            name = json.loads(body or b"{}").get("name")
+        except (ValueError, AttributeError):
+            raise _HttpError(400, "Request body is not a JSON object.") from None
+        if not isinstance(name, str) or not name.endswith("/") or name.startswith("/") or "//" in name:
+            raise _HttpError(400, "Invalid managed folder name: it must end with '/'.")
+        with self._lock:
+            if (bucket, name) in self._folders:
+                raise _HttpError(409, "The managed folder you tried to create already exists.", "conflict")
+            self._folders[(bucket, name)] = self._empty_folder_policy(bucket, name)
+        return self._folder_resource(bucket, name)
+
+    def _empty_folder_policy(self, bucket: str, name: str) -> dict[str, Any]:
+        etag = base64.b64encode(next(self._etags).to_bytes(8, "big")).decode()
+        return {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}/managedFolders/{name}",
+                "version": 1, "bindings": [], "etag": etag}
+
+    def _folder_or_404(self, bucket: str, name: str) -> dict[str, Any]:
+        """Lock held."""
+        policy = self._folders.get((bucket, name))
+        if policy is None:
+            raise _HttpError(404, "The managed folder you requested does not exist.", "notFound")
+        return policy
+
+    def get_folder(self, bucket: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            self._folder_or_404(bucket, name)
+        return self._folder_resource(bucket, name)
+
+    def delete_folder(self, bucket: str, name: str, allow_non_empty: bool) -> None:
+        """managedFolders.delete: 404 if missing; 409 if objects are under it, unless allowNonEmpty
+        (the objects stay, without the folder's grants)."""
+        self._enter("managedFolders.delete")
+        with self._lock:
+            self._folder_or_404(bucket, name)
+        if not allow_non_empty and self._has_objects(bucket, name):
+            raise _HttpError(409, "The managed folder you tried to delete is not empty.", "conflict")
+        with self._lock:
+            self._folders.pop((bucket, name), None)
+
+    def get_folder_policy(self, bucket: str, name: str, requested_version: int) -> dict[str, Any]:
+        self._enter("managedFolders.getIamPolicy")
+        with self._lock:
+            policy = json.loads(json.dumps(self._folder_or_404(bucket, name)))
+        if requested_version < 3 and _has_conditions(policy):
+            raise _HttpError(400, "Managed folder policy has conditions; requestedPolicyVersion 3 is required.")
+        return policy
+
+    def set_folder_policy(self, bucket: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """As :meth:`set_policy`, on a managed folder's own policy (its own principal limit)."""
+        self._enter("managedFolders.setIamPolicy")
+        bindings = body.get("bindings") or []
+        for binding in bindings:
+            if not isinstance(binding, dict) or not isinstance(binding.get("role"), str) \
+                    or not isinstance(binding.get("members"), list) or not binding["members"]:
+                raise _HttpError(400, f"Invalid binding {binding!r}: role and members are required.")
+        version = int(body.get("version") or 1)
+        if version < 3 and _has_conditions({"bindings": bindings}):
+            raise _HttpError(400, "Conditional role bindings require policy version 3.")
+        self._check_members(bindings)
+        with self._lock:
+            current = self._folder_or_404(bucket, name)
+            if body.get("etag") and body["etag"] != current["etag"]:
+                raise _HttpError(412, "Precondition Failed", "conditionNotMet")
+            etag = base64.b64encode(next(self._etags).to_bytes(8, "big")).decode()
+            policy = {**current, "version": version, "bindings": json.loads(json.dumps(bindings)), "etag": etag}
+            self._folders[(bucket, name)] = policy
+            return json.loads(json.dumps(policy))
+
+    def _has_objects(self, bucket: str, prefix: str) -> bool:
+        """Whether any object is under ``prefix`` upstream (the front's own look-up)."""
+        if self.upstream is None:
+            return False
+        target = urllib.parse.urlsplit(self.upstream)
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        try:
+            conn.request("GET", f"/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o?maxResults=1&prefix="
+                                f"{urllib.parse.quote(prefix, safe='')}")
+            resp = conn.getresponse()
+            data = resp.read()
+        except OSError:
+            raise _HttpError(503, "Backend Error (the GCS emulator did not answer)", "backendError") from None
+        finally:
+            conn.close()
+        return resp.status == 200 and bool(json.loads(data or b"{}").get("items"))
 
     def test_permissions(self, bucket: str, permissions: list[str], principal: Optional[str] = None) -> dict[str, Any]:
         """Not enforcing: every requested permission is granted. Enforcing: only those
@@ -525,6 +651,10 @@ class BucketIamStandIn:
                     if standin.enforcing:
                         access, principal = standin.authorise(self.command, parsed.path, query,
                                                               dict(self.headers.items()), body)
+                    folders = _FOLDERS_PATH.match(parsed.path)
+                    if folders is not None:
+                        self._folders(folders, query, body)
+                        return
                     if m is None:
                         self._relay(body, access)
                         return
@@ -546,6 +676,31 @@ class BucketIamStandIn:
                         raise _HttpError(405, f"{self.command} is not allowed on {parsed.path}.")
                 except _HttpError as e:
                     self._json(e.status, e.body())
+
+            def _folders(self, m: "re.Match[str]", query: dict[str, list[str]], body: bytes) -> None:
+                bucket = urllib.parse.unquote(m.group(1))
+                name = urllib.parse.unquote(m.group(2)) if m.group(2) else None
+                if name is None and self.command == "POST":
+                    self._json(200, standin.insert_folder(bucket, body))
+                elif name is not None and not m.group(3) and self.command == "GET":
+                    self._json(200, standin.get_folder(bucket, name))
+                elif name is not None and not m.group(3) and self.command == "DELETE":
+                    allow = query.get("allowNonEmpty", ["false"])[0].lower() == "true"
+                    standin.delete_folder(bucket, name, allow)
+                    self._send(204, b"")
+                elif name is not None and m.group(3) and self.command == "GET":
+                    version = int(query.get("optionsRequestedPolicyVersion", ["1"])[0])
+                    self._json(200, standin.get_folder_policy(bucket, name, version))
+                elif name is not None and m.group(3) and self.command == "PUT":
+                    try:
+                        doc = json.loads(body or b"{}")
+                    except ValueError:
+                        raise _HttpError(400, "Request body is not JSON.") from None
+                    if not isinstance(doc, dict):
+                        raise _HttpError(400, "Request body must be a JSON object.")
+                    self._json(200, standin.set_folder_policy(bucket, name, doc))
+                else:
+                    raise _HttpError(405, f"{self.command} is not allowed on {self.path} (not modelled).")
 
             def _relay(self, body: bytes, access: Optional[gcs_access.Access]) -> None:
                 if standin.upstream is None:

@@ -27,6 +27,7 @@ __all__ = ["NotModelled", "Need", "Access", "required_access", "PREDEFINED_ROLES
 SERVICE = "storage.googleapis.com"
 BUCKET_TYPE = "storage.googleapis.com/Bucket"
 OBJECT_TYPE = "storage.googleapis.com/Object"
+FOLDER_TYPE = "storage.googleapis.com/ManagedFolder"
 LIST_PREFIX_ATTRIBUTE = "storage.googleapis.com/objectListPrefix"
 
 # Cloud Storage predefined roles -> the storage.* permissions they grant (the folder, managed
@@ -59,6 +60,8 @@ KNOWN_PERMISSIONS = frozenset({
     "storage.buckets.list", "storage.buckets.setIamPolicy", "storage.buckets.update",
     "storage.objects.create", "storage.objects.delete", "storage.objects.get", "storage.objects.getIamPolicy",
     "storage.objects.list", "storage.objects.restore", "storage.objects.setIamPolicy", "storage.objects.update",
+    "storage.managedFolders.create", "storage.managedFolders.delete", "storage.managedFolders.get",
+    "storage.managedFolders.getIamPolicy", "storage.managedFolders.list", "storage.managedFolders.setIamPolicy",
 })
 
 
@@ -84,12 +87,15 @@ class Need:
     object: Optional[str] = None
     list_prefix: Optional[str] = None
     if_exists: bool = False
+    managed_folder: Optional[str] = None  # a need on a managed folder (its get, delete, IAM policy)
 
     @property
     def resource_name(self) -> str:
         """The resource name IAM conditions see (``resource.name``)."""
         if self.bucket is None:
             return "projects/_"
+        if self.managed_folder is not None:
+            return f"projects/_/buckets/{self.bucket}/managedFolders/{self.managed_folder}"
         if self.object is None:
             return f"projects/_/buckets/{self.bucket}"
         return f"projects/_/buckets/{self.bucket}/objects/{self.object}"
@@ -105,7 +111,8 @@ class Need:
 
         attributes = {LIST_PREFIX_ATTRIBUTE: self.list_prefix} if self.list_prefix is not None else {}
         return {"resource": {"name": self.resource_name, "service": SERVICE,
-                             "type": OBJECT_TYPE if self.object is not None else BUCKET_TYPE},
+                             "type": OBJECT_TYPE if self.object is not None
+                             else FOLDER_TYPE if self.managed_folder is not None else BUCKET_TYPE},
                 API_ATTRIBUTES: attributes}
 
 
@@ -135,6 +142,10 @@ _ROUTES = [(name, re.compile(rx)) for name, rx in [
     ("copy", rf"^/storage/v1/b/{_SEG}/o/{_SEG}/(copyTo|rewriteTo)/b/{_SEG}/o/{_SEG}$"),
     ("compose", rf"^/storage/v1/b/{_SEG}/o/{_SEG}/compose$"),
     ("upload", rf"^/upload/storage/v1/b/{_SEG}/o$"),
+    # Managed folders (JSON API storage/v1 managedFolders; the folder name is one percent-encoded segment).
+    ("folders", rf"^/storage/v1/b/{_SEG}/managedFolders$"),
+    ("folder", rf"^/storage/v1/b/{_SEG}/managedFolders/{_SEG}$"),
+    ("folder_iam", rf"^/storage/v1/b/{_SEG}/managedFolders/{_SEG}/iam$"),
 ]]
 
 
@@ -237,6 +248,18 @@ def required_access(method: str, path: str, query: Mapping[str, list[str]], head
                 if upload_type == "resumable":
                     return Access(access.operation, access.needs, starts_upload=True)
                 return access
+        if route == "folders" and method in ("GET", "POST"):
+            # Creating and listing managed folders are checked on the bucket.
+            return Access("managedFolders.list" if method == "GET" else "managedFolders.insert",
+                          (Need("storage.managedFolders.list" if method == "GET" else "storage.managedFolders.create",
+                                g[0]),))
+        if route == "folder" and method in ("GET", "DELETE"):
+            permission = "storage.managedFolders.get" if method == "GET" else "storage.managedFolders.delete"
+            return Access(f"managedFolders.{'get' if method == 'GET' else 'delete'}",
+                          (Need(permission, g[0], managed_folder=g[1]),))
+        if route == "folder_iam" and method in ("GET", "PUT"):
+            permission = "storage.managedFolders.getIamPolicy" if method == "GET" else "storage.managedFolders.setIamPolicy"
+            return Access(f"managedFolders.{permission.rsplit('.', 1)[1]}", (Need(permission, g[0], managed_folder=g[1]),))
         raise NotModelled(method, path)
     raise NotModelled(method, path)
 

@@ -193,11 +193,23 @@ class IamStandIn:
 
     ``token_lifetime_seconds``: how long an access token from :attr:`token_url` is valid (Google:
     3600 s).
+
+    ``max_service_accounts_per_project``: Google Cloud's default quota of service accounts per
+    project (100; IAM "Quotas and limits"). CreateServiceAccount in a project that holds that many
+    answers 429 RESOURCE_EXHAUSTED "Maximum number of service accounts on project reached." with a
+    RetryInfo of 86401 s, as IAM does. :meth:`set_service_account_quota` overrides it for one
+    project (a quota increase); None turns the limit off. The local stack's own project
+    (:data:`HARNESS_PROJECT`) is counted like any other.
     """
 
+    DEFAULT_SERVICE_ACCOUNT_QUOTA = 100
+
     def __init__(self, key_bits: int = 2048, max_workers: int = 8, propagation_seconds: float = 1.0,
-                 token_lifetime_seconds: int = 3600) -> None:
+                 token_lifetime_seconds: int = 3600,
+                 max_service_accounts_per_project: Optional[int] = DEFAULT_SERVICE_ACCOUNT_QUOTA) -> None:
         self.key_bits = key_bits
+        self.max_service_accounts_per_project = max_service_accounts_per_project
+        self._quota_overrides: dict[str, Optional[int]] = {}
         self.propagation_seconds = propagation_seconds
         self.token_lifetime_seconds = token_lifetime_seconds
         self._max_workers = max_workers
@@ -373,6 +385,16 @@ class IamStandIn:
                     {t: i for t, i in self._issued.items() if _is_harness(i.email)})
             self._clear()
             self._accounts, self._keys, self._issued = keep
+            self._quota_overrides.clear()
+
+    def set_service_account_quota(self, project: str, limit: Optional[int]) -> None:
+        """The service-account quota of ``project`` (None: unlimited), until :meth:`reset`."""
+        with self._lock:
+            self._quota_overrides[project] = limit
+
+    def service_account_quota(self, project: str) -> Optional[int]:
+        with self._lock:
+            return self._quota_overrides.get(project, self.max_service_accounts_per_project)
 
     def unusable_member(self, member: str) -> Optional[str]:
         """Why a policy may not name ``member`` yet (its service account was created less than
@@ -475,9 +497,29 @@ class IamStandIn:
             if email in self._accounts:
                 _abort(context, grpc.StatusCode.ALREADY_EXISTS,
                        f"Service account {account_id} already exists within project projects/{project}.")
+            limit = self._quota_overrides.get(project, self.max_service_accounts_per_project)
+            if limit is not None and sum(1 for a in self._accounts.values() if a.project_id == project) >= limit:
+                self._quota_refused(context)
             self._accounts[email] = sa
             self._created[email] = time.monotonic()
             return _copy(sa)
+
+    @staticmethod
+    def _quota_refused(context: grpc.ServicerContext) -> NoReturn:
+        """IAM's answer at the service-account quota: 429 RESOURCE_EXHAUSTED with a RetryInfo of a
+        day (google.rpc.RetryInfo in the status details, as IAM sends it)."""
+        from google.protobuf import any_pb2, duration_pb2
+        from google.rpc import code_pb2, error_details_pb2, status_pb2
+        from grpc_status import rpc_status
+
+        message = "Maximum number of service accounts on project reached."
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=86401)))
+        status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+        if isinstance(context, _LocalContext):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        context.abort_with_status(rpc_status.to_status(status))
+        raise AssertionError("unreachable")
 
     def _get_sa(self, req: iam.GetServiceAccountRequest, context: grpc.ServicerContext) -> iam.ServiceAccount:
         with self._lock:

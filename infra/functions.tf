@@ -137,6 +137,7 @@ locals {
     ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC  = google_pubsub_topic.dead_letter["gateway"].name
     ARCHSYNC_PUBSUB_SERVICE_AGENT       = local.pubsub_service_agent_email
     ARCHSYNC_PROVISIONING_LEASE_SECONDS = tostring(var.provisioning_lease_seconds)
+    ARCHSYNC_GATEWAY_IDENTITY_PROJECTS  = join(",", var.gateway_identity_projects)
     ARCHSYNC_RESULT_KEY_GRACE_SECONDS   = tostring(var.result_key_grace_seconds)
     ARCHSYNC_GATEWAY_SILENT_SECONDS     = tostring(var.gateway_silent_seconds)
     ARCHSYNC_LOCK_OVERDUE_SECONDS       = tostring(var.lock_overdue_seconds)

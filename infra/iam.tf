@@ -82,11 +82,21 @@ resource "google_storage_bucket_iam_member" "key_bucket_result_key_reader" {
 resource "google_project_iam_custom_role" "bucket_iam_admin" {
   role_id     = "archsyncBucketIamAdmin"
   title       = "archsync bucket IAM admin"
-  description = "Get and set the IAM policy of a bucket (granted on the generated-objects and study buckets only)."
+  description = "Get and set the IAM policy of a bucket and of its managed folders (granted on the generated-objects and study buckets only)."
+  # The managed-folder permissions: each gateway reads its prefixes through a managed folder with
+  # its own IAM policy (docs/scale.md, "Bucket IAM principals"): the provisioners create the
+  # folders gateways/<id>/ and <facility_group_id>/, edit their policies, and delete a gateway's own
+  # folder with the gateway. The bucket permissions remain for gateways provisioned before, whose
+  # conditional bindings on the bucket itself are removed when they are deleted or migrated.
   permissions = [
     "storage.buckets.get",
     "storage.buckets.getIamPolicy",
     "storage.buckets.setIamPolicy",
+    "storage.managedFolders.create",
+    "storage.managedFolders.delete",
+    "storage.managedFolders.get",
+    "storage.managedFolders.getIamPolicy",
+    "storage.managedFolders.setIamPolicy",
   ]
 
   depends_on = [google_project_service.enabled]

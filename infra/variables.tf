@@ -134,6 +134,17 @@ variable "provisioning_lease_seconds" {
   default     = 300
 }
 
+variable "gateway_identity_projects" {
+  description = "ARCHSYNC_GATEWAY_IDENTITY_PROJECTS: existing projects that hold the gateways' service accounts (the identity pool, docs/scale.md): a project holds at most 100 service accounts by default, so 5,000 gateways need about 56 at 90 % fill. Each new gateway's account goes to a project chosen from a hash of its id, skipping full ones. The gateway provisioners get roles/iam.serviceAccountAdmin and roles/iam.serviceAccountKeyAdmin there, and the IAM and Pub/Sub APIs are enabled. Empty: this project (at most ~90 gateways). Only append: a removed project still holds its gateways' accounts."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for p in var.gateway_identity_projects : can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", p))]) && length(distinct(var.gateway_identity_projects)) == length(var.gateway_identity_projects)
+    error_message = "gateway_identity_projects must be distinct project ids (6-30 lowercase letters, digits or hyphens)."
+  }
+}
+
 variable "result_key_grace_seconds" {
   description = "ARCHSYNC_RESULT_KEY_GRACE_SECONDS: after a Result Endpoint key rotation, how long the previous key still verifies (both keys are accepted meanwhile)."
   type        = number
@@ -187,7 +198,7 @@ variable "study_bucket" {
 }
 
 variable "study_bucket_iam_role" {
-  description = "Role granted to the gateway provisioners on var.study_bucket. null: this project's custom role archsyncBucketIamAdmin (storage.buckets.get, getIamPolicy, setIamPolicy), which can be granted only if the study bucket is in this project. For a bucket in another project, a custom role with the same permissions defined there or in the organization: projects/<project>/roles/<id> or organizations/<org>/roles/<id>."
+  description = "Role granted to the gateway provisioners on var.study_bucket. null: this project's custom role archsyncBucketIamAdmin (storage.buckets.get, getIamPolicy, setIamPolicy and storage.managedFolders.create, delete, get, getIamPolicy, setIamPolicy), which can be granted only if the study bucket is in this project. For a bucket in another project, a custom role with the same permissions defined there or in the organization: projects/<project>/roles/<id> or organizations/<org>/roles/<id>."
   type        = string
   default     = null
 

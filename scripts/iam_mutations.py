@@ -101,10 +101,11 @@ CODE_MUTATIONS = [
     Mutation("code Pub/Sub service agent on the gateway subscription", "shared/services/provisioning.py",
              'return [f"serviceAccount:{email}"] + ([f"serviceAccount:{agent}"] if agent else [])',
              'return [f"serviceAccount:{email}"] + ([] if agent else [])'),  # agent still used: no lint error
-    Mutation("code bucket_binding (generated objects prefix)", "shared/services/provisioning.py",
-             "c.bucket_iam.grant_prefix_reader(s.objects_bucket, member, res.objects_prefix)", "pass"),
-    Mutation("code study_binding (study prefix, listing)", "shared/services/provisioning.py",
-             "c.bucket_iam.grant_prefix_reader(s.study_bucket, member, res.study_prefix, listing=True)", "pass"),
+    # The gateway's read grants are on managed folders (docs/scale.md, "Bucket IAM principals").
+    Mutation("code bucket_binding (its managed folder of the generated-objects bucket)", "shared/services/provisioning.py",
+             "c.folders.grant_reader(s.objects_bucket, res.objects_prefix, member)", "pass"),
+    Mutation("code study_binding (its group's managed folder of the study bucket)", "shared/services/provisioning.py",
+             "c.folders.grant_reader(s.study_bucket, res.study_prefix, member)", "pass"),
 ]
 
 

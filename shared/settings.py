@@ -25,6 +25,9 @@ class Settings:
     gateway_dead_letter_topic: str = "archsync-gateway-dead-letter"
     pubsub_service_agent: str = ""  # service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com
     provisioning_lease_seconds: int = 300
+    # Projects holding the gateways' service accounts (docs/scale.md): at most 100 accounts each by
+    # default. Empty: the deployment's own project (ARCHSYNC_GATEWAY_IDENTITY_PROJECTS, comma-separated).
+    gateway_identity_projects: tuple[str, ...] = ()
     # After a Result Endpoint key rotation the previous key keeps verifying this long, so gateways
     # can be switched to the new key without losing results (issue 11 item 5; docs/admin-api.md).
     result_key_grace_seconds: int = 24 * 3600
@@ -87,6 +90,8 @@ class Settings:
             gateway_dead_letter_topic=env.get("ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC", cls.gateway_dead_letter_topic),
             pubsub_service_agent=env.get("ARCHSYNC_PUBSUB_SERVICE_AGENT", ""),
             provisioning_lease_seconds=num("ARCHSYNC_PROVISIONING_LEASE_SECONDS", cls.provisioning_lease_seconds),
+            gateway_identity_projects=tuple(p.strip() for p in env.get("ARCHSYNC_GATEWAY_IDENTITY_PROJECTS", "").split(",")
+                                            if p.strip()),
             result_key_grace_seconds=num("ARCHSYNC_RESULT_KEY_GRACE_SECONDS", cls.result_key_grace_seconds),
             gateway_silent_seconds=num("ARCHSYNC_GATEWAY_SILENT_SECONDS", cls.gateway_silent_seconds),
             lock_overdue_seconds=num("ARCHSYNC_LOCK_OVERDUE_SECONDS", cls.lock_overdue_seconds),
@@ -126,6 +131,7 @@ ENV_VARS = (
     "ARCHSYNC_OBJECTS_BUCKET",
     "ARCHSYNC_STUDY_BUCKET",
     "ARCHSYNC_GATEWAY_DEAD_LETTER_TOPIC",
+    "ARCHSYNC_GATEWAY_IDENTITY_PROJECTS",
     "ARCHSYNC_PUBSUB_SERVICE_AGENT",
     "ARCHSYNC_PROVISIONING_LEASE_SECONDS",
     "ARCHSYNC_RESULT_KEY_GRACE_SECONDS",

@@ -156,7 +156,8 @@ def provisioner(settings: Settings):
     return Provisioner(firestore_store(settings), cloud, SystemClock(), ProvisioningSettings(
         objects_bucket=settings.objects_bucket, study_bucket=settings.study_bucket,
         gateway_dead_letter_topic=settings.gateway_dead_letter_topic,
-        pubsub_service_agent=settings.pubsub_service_agent, lease_seconds=settings.provisioning_lease_seconds))
+        pubsub_service_agent=settings.pubsub_service_agent, lease_seconds=settings.provisioning_lease_seconds,
+        identity_projects=settings.gateway_identity_projects))
 
 
 def admin_service(settings: Settings):

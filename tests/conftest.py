@@ -122,17 +122,22 @@ class Stack:
             str(self.emulators["function_keys"] / f"{function}.json"), scopes=[CLOUD_PLATFORM])
         return storage.Client(project=self.project, credentials=credentials)
 
-    def cloud(self):
+    def cloud(self, max_topics_per_project: int | None = None):
         """The provisioning adapters, wired to the emulators and stand-ins like the functions are,
-        with admin_api's runtime identity (the function that provisions)."""
-        from shared.adapters.gcs import BucketIam, KeyVault
+        with admin_api's runtime identity (the function that provisions). Topic creation is
+        limited to Pub/Sub's 10,000 topics per project (``max_topics_per_project`` lowers it;
+        devstack/pubsub_quota.py)."""
+        from devstack.pubsub_quota import DEFAULT_TOPICS_PER_PROJECT, TopicQuotaPublisher
+        from shared.adapters.gcs import BucketIam, KeyVault, ManagedFolderIam
         from shared.adapters.iam_admin import IamAdmin
         from shared.adapters.pubsub_admin import PubSubAdmin
         from shared.services.provisioning import Cloud
 
         iam, client = self.emulators["iam"], self.function_storage("admin_api")
-        return Cloud(PubSubAdmin(self.project, policy_client=iam.subscriber_policy_client()),
-                     IamAdmin(self.project, iam.iam_client()), BucketIam(client), KeyVault(self.key_bucket, client))
+        publisher = TopicQuotaPublisher(self.publisher_client, max_topics_per_project or DEFAULT_TOPICS_PER_PROJECT)
+        return Cloud(PubSubAdmin(self.project, publisher=publisher, policy_client=iam.subscriber_policy_client()),
+                     IamAdmin(self.project, iam.iam_client()), BucketIam(client), KeyVault(self.key_bucket, client),
+                     ManagedFolderIam(client))
 
     def topic(self, topic_id: str, subscription: str | None = None) -> None:
         path = self.publisher_client.topic_path(self.project, topic_id)

@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 from google.api_core import exceptions as gexc
 
-from ..domain.errors import PermanentError, TransientError
+from ..domain.errors import PermanentError, QuotaExceeded, TransientError
 
 TRANSIENT = (
     gexc.ServiceUnavailable,
@@ -22,6 +22,27 @@ TRANSIENT = (
 )
 
 
+# What Google answers when a quota or hard limit (not a rate limit) refuses a request
+# (docs/scale.md): IAM 429 RESOURCE_EXHAUSTED "Maximum number of service accounts on project
+# reached." (with a RetryInfo of a day); IAM/GCS 400 "The number of members in the policy (N) is
+# larger than the maximum allowed size 1,500."; Pub/Sub 429 RESOURCE_EXHAUSTED "Your project has
+# exceeded a limit: (type="topics-per-project", ...)". A rate limit (429 "Quota exceeded for quota
+# metric ... per minute") stays transient.
+_QUOTA_MARKERS = (
+    "maximum number of service accounts",
+    "number of members in the policy",
+    "exceeded a limit",
+)
+
+
+def is_quota_exceeded(e: BaseException) -> bool:
+    """Whether ``e`` is Google's refusal for a resource quota or limit (never retried)."""
+    if not isinstance(e, (gexc.ResourceExhausted, gexc.TooManyRequests, gexc.BadRequest, gexc.InvalidArgument)):
+        return False
+    text = str(getattr(e, "message", "") or e).lower()
+    return any(m in text for m in _QUOTA_MARKERS)
+
+
 @contextlib.contextmanager
 def translated(what: str, *, missing_ok: bool = False, exists_ok: bool = False) -> Iterator[None]:
     """Run a cloud call: NotFound is success when ``missing_ok`` (idempotent deletes), AlreadyExists
@@ -34,13 +55,20 @@ def translated(what: str, *, missing_ok: bool = False, exists_ok: bool = False) 
     except gexc.AlreadyExists as e:
         if not exists_ok:
             raise PermanentError(f"{what}: already exists") from e
-    except TRANSIENT as e:
-        raise TransientError(f"{what}: {type(e).__name__}") from e
-    except (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.BadRequest) as e:
-        raise PermanentError(f"{what}: {type(e).__name__}") from e
     except gexc.GoogleAPICallError as e:
+        if is_quota_exceeded(e):
+            raise QuotaExceeded(f"{what}: {_limit_reason(e)}") from e
+        if isinstance(e, TRANSIENT):
+            raise TransientError(f"{what}: {type(e).__name__}") from e
+        if isinstance(e, (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.BadRequest)):
+            raise PermanentError(f"{what}: {type(e).__name__}") from e
         # Permission and configuration problems: an operator can fix them, so let callers retry.
         raise TransientError(f"{what}: {type(e).__name__}") from e
+
+
+def _limit_reason(e: gexc.GoogleAPICallError) -> str:
+    """Google's own wording of the limit (resource counts and names only, never patient data)."""
+    return str(getattr(e, "message", "") or type(e).__name__)[:300]
 
 
 def policy_retry_kind(e: Exception) -> Optional[str]:

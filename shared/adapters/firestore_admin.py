@@ -28,13 +28,14 @@ BULK_ACTIONS = "bulk_actions"  # facility_groups/{fg}/bulk_actions/{request id}:
 def _log_to_doc(log: ProvisioningLog) -> dict[str, Any]:
     return {"facility_group_id": log.facility_group_id, "gateway_id": log.gateway_id, "operation": log.operation.value,
             "state": log.state.value, "started_at": log.started_at, "lease_until": log.lease_until,
-            "steps": list(log.steps), "error": log.error, "actor": log.actor}
+            "steps": list(log.steps), "error": log.error, "actor": log.actor,
+            "identity_project": log.identity_project}
 
 
 def _log_from_doc(d: dict[str, Any]) -> ProvisioningLog:
     return ProvisioningLog(d["facility_group_id"], d["gateway_id"], Operation(d["operation"]), LogState(d["state"]),
                            codec._utc(d["started_at"]), codec._utc(d["lease_until"]), list(d.get("steps") or []),
-                           d.get("error"), d.get("actor", ""))
+                           d.get("error"), d.get("actor", ""), d.get("identity_project") or "")
 
 
 class FirestoreAdminStore(FirestoreStore):
@@ -279,6 +280,13 @@ class FirestoreAdminStore(FirestoreStore):
         """Record the intent to run ``step`` before running it: a crash mid-step is then undone too."""
         with _translated():
             self._log_ref(fg, gateway_id).update({"steps": firestore.ArrayUnion([step])})
+        self.ops.writes += 1
+
+    def log_identity_project(self, fg: str, gateway_id: str, project: str) -> None:
+        """Record where the gateway's service account is about to be created (docs/scale.md), before
+        creating it: an undo then looks there."""
+        with _translated():
+            self._log_ref(fg, gateway_id).update({"identity_project": project})
         self.ops.writes += 1
 
     def set_log_state(self, fg: str, gateway_id: str, state: LogState, error: Optional[str] = None) -> None:

@@ -279,6 +279,109 @@ class BucketIam(_Storage):
         self._update(bucket, remove, {k: v for k, v in self._retries.items() if k == retrying.STALE_ETAG})
 
 
+def _folder_path(bucket: str, folder: str) -> str:
+    """The JSON API path of a managed folder (its name percent-encoded as one path segment)."""
+    from urllib.parse import quote
+
+    return f"/b/{quote(bucket, safe='')}/managedFolders/{quote(folder, safe='')}"
+
+
+class ManagedFolderIam(_Storage):
+    """Readers of a prefix through a managed folder (docs/scale.md, "Bucket IAM principals").
+
+    A bucket's IAM policy holds at most 1,500 principals (each occurrence counted), so one
+    conditional binding per gateway on a shared bucket stops at 1,500 gateways (fewer with the
+    function grants). A managed folder is a prefix of a bucket with its own IAM policy, whose
+    grants apply to every object under that prefix and to listing it; each policy has its own
+    1,500-principal limit. So: one managed folder per gateway in the generated-objects bucket
+    (``gateways/<id>/``, one principal each) and one per facility group in the study bucket
+    (``<facility_group_id>/``, one principal per gateway of the group). No IAM condition needed.
+
+    The google-cloud-storage client (3.x) has no managed-folder methods, so the JSON API
+    (storage/v1 managedFolders: insert, delete, getIamPolicy, setIamPolicy) is called through the
+    client's own authorised resource helpers. Policy changes are etag-guarded read-modify-writes,
+    retried like the bucket ones (BucketIam)."""
+
+    def __init__(self, client: Optional[Any] = None, retries: Mapping[str, Backoff] = POLICY_RETRIES,
+                 *, client_factory: Optional[Callable[[], Any]] = None):
+        super().__init__(client, client_factory=client_factory)
+        self._retries = retries
+
+    def ensure_folder(self, bucket: str, folder: str) -> None:
+        """Create the managed folder (a folder that already exists is fine)."""
+        self.calls += 1
+        with translated(f"create managed folder in bucket {bucket}", exists_ok=True):
+            try:
+                self.client._post_resource(f"/b/{bucket}/managedFolders", {"name": folder})
+            except gexc.Conflict as e:  # GCS answers 409 for an existing managed folder
+                raise gexc.AlreadyExists(str(e)) from None
+
+    def delete_folder(self, bucket: str, folder: str) -> None:
+        """Delete the managed folder and its policy (objects under it stay; a missing one is fine)."""
+        self.calls += 1
+        with translated(f"delete managed folder in bucket {bucket}", missing_ok=True):
+            self.client._delete_resource(_folder_path(bucket, folder), query_params={"allowNonEmpty": "true"})
+
+    def _update(self, bucket: str, folder: str, change: Callable[[dict], bool], retries: Mapping[str, Backoff],
+                missing_ok: bool = False) -> None:
+        what = f"IAM policy of a managed folder of bucket {bucket}"
+        path = _folder_path(bucket, folder) + "/iam"
+
+        def read_modify_write() -> None:
+            self.calls += 1
+            policy = self.client._get_resource(path, query_params={"optionsRequestedPolicyVersion": 3})
+            policy.setdefault("bindings", [])
+            if change(policy):
+                self.calls += 1
+                self.client._put_resource(path, {"bindings": policy["bindings"], "etag": policy.get("etag"),
+                                                 "version": 3})
+
+        with translated(what, missing_ok=missing_ok):
+            retrying.run(read_modify_write, policy_retry_kind, retries, what)
+
+    def grant_reader(self, bucket: str, folder: str, member: str) -> None:
+        """``member`` may read and list the objects under ``folder`` (roles/storage.objectViewer
+        on the managed folder, created first if missing)."""
+        self.ensure_folder(bucket, folder)
+
+        def add(policy: dict) -> bool:
+            binding = next((b for b in policy["bindings"] if b.get("role") == OBJECT_READER and not b.get("condition")),
+                           None)
+            if binding is None:
+                policy["bindings"].append({"role": OBJECT_READER, "members": [member]})
+                return True
+            if member in binding.get("members", []):
+                return False
+            binding["members"] = [*binding.get("members", []), member]
+            return True
+
+        self._update(bucket, folder, add, self._retries)
+
+    def revoke_member(self, bucket: str, folder: str, member: str) -> None:
+        """Remove ``member`` from every binding of the managed folder (a missing folder is fine)."""
+        def remove(policy: dict) -> bool:
+            changed, kept = False, []
+            for b in policy["bindings"]:
+                members = [m for m in b.get("members", []) if m != member]
+                changed = changed or len(members) != len(b.get("members", []))
+                if members:
+                    kept.append({**b, "members": members})
+            policy["bindings"] = kept
+            return changed
+
+        self._update(bucket, folder, remove, {k: v for k, v in self._retries.items() if k == retrying.STALE_ETAG},
+                     missing_ok=True)
+
+    def readers(self, bucket: str, folder: str) -> list[str]:
+        """The members of the managed folder's bindings (empty if it does not exist)."""
+        self.calls += 1
+        policy: dict = {}
+        with translated(f"read IAM policy of a managed folder of bucket {bucket}", missing_ok=True):
+            policy = self.client._get_resource(_folder_path(bucket, folder) + "/iam",
+                                               query_params={"optionsRequestedPolicyVersion": 3})
+        return sorted({m for b in policy.get("bindings", []) for m in b.get("members", [])})
+
+
 class ObjectStore(_Storage):
     """The ObjectStore port: generated objects (rejection notes, instance lists) in the objects
     bucket, each under the prefix of the gateway that will read it: its service account may read

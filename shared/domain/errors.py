@@ -31,6 +31,12 @@ class PermanentError(ArchSyncError):
     """Retrying can never succeed (malformed input, a resource that is gone)."""
 
 
+class QuotaExceeded(PermanentError):
+    """A Google Cloud quota or hard limit refused the request (service accounts per project,
+    principals per IAM policy, topics per project: docs/scale.md). Retrying the same request
+    cannot succeed; another placement (another project of the pool) or a quota increase can."""
+
+
 class MalformedInput(PermanentError):
     """The payload does not satisfy its contract."""
 

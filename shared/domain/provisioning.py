@@ -7,6 +7,7 @@ the sweeper when the function died half-way."""
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
@@ -89,3 +90,24 @@ class ProvisioningLog:
     steps: list[str] = field(default_factory=list)  # attempted, in order
     error: Optional[str] = None
     actor: str = ""
+    # The project whose identity pool holds (or is about to hold) the gateway's service account
+    # (docs/scale.md): recorded before the account is created, so whoever undoes the log finds it.
+    # "" in logs written before the pool existed: the deployment's own project.
+    identity_project: str = ""
+
+
+def identity_project_order(gateway_id: str, pool: tuple[str, ...]) -> list[str]:
+    """The pool projects to try for a gateway's service account, in order: a deterministic start
+    (a hash of the gateway id, so gateways spread evenly over the pool) and then every other
+    project once, wrapping around, so a full project is skipped (docs/scale.md)."""
+    if not pool:
+        return []
+    start = int.from_bytes(hashlib.sha256(gateway_id.encode()).digest()[:8], "big") % len(pool)
+    return list(pool[start:] + pool[:start])
+
+
+def project_of_account(email: str) -> str:
+    """The project of a user-managed service account (``ID@PROJECT.iam.gserviceaccount.com``), or ""."""
+    suffix = ".iam.gserviceaccount.com"
+    domain = email.partition("@")[2]
+    return domain[:-len(suffix)] if domain.endswith(suffix) else ""

@@ -17,9 +17,10 @@ from typing import Any, Callable, Optional
 from .. import logs, metrics
 from ..adapters.gcs import result_key_object, sa_key_object
 from ..domain import history
-from ..domain.errors import ArchSyncError, Conflict, TransientError
+from ..domain.errors import ArchSyncError, Conflict, QuotaExceeded, TransientError
 from ..domain.models import Gateway
-from ..domain.provisioning import CREATE_STEPS, GatewayResources, LogState, Operation, ProvisioningLog
+from ..domain.provisioning import (CREATE_STEPS, GatewayResources, LogState, Operation, ProvisioningLog,
+                                   identity_project_order, project_of_account)
 from ..ports import Clock
 
 SUBSCRIBER_ROLE = "roles/pubsub.subscriber"
@@ -44,19 +45,31 @@ class ProvisioningSettings:
     min_retry_backoff_seconds: int = 60
     max_retry_backoff_seconds: int = 600
     lease_seconds: int = 300  # > the admin function's timeout: a live function is never overtaken
+    # The identity pool (docs/scale.md, "Service accounts"): projects that hold the gateways'
+    # service accounts, at most 100 each by default. Empty: the deployment's own project, as before.
+    identity_projects: tuple[str, ...] = ()
 
 
 @dataclass
 class Cloud:
-    """The adapters provisioning drives (Pub/Sub admin, IAM admin, bucket IAM, key vault)."""
+    """The adapters provisioning drives (Pub/Sub admin, IAM admin, bucket IAM, key vault, and the
+    managed folders' IAM, docs/scale.md; by default on the bucket-IAM adapter's storage client)."""
 
     pubsub: Any
     iam: Any
     bucket_iam: Any
     vault: Any
+    folders: Any = None
+
+    def __post_init__(self) -> None:
+        if self.folders is None:
+            from ..adapters.gcs import ManagedFolderIam
+
+            bucket_iam = self.bucket_iam
+            self.folders = ManagedFolderIam(client_factory=lambda: bucket_iam.client)
 
     def call_count(self) -> int:
-        return sum(getattr(x, "calls", 0) for x in (self.pubsub, self.iam, self.bucket_iam, self.vault))
+        return sum(getattr(x, "calls", 0) for x in (self.pubsub, self.iam, self.bucket_iam, self.vault, self.folders))
 
 
 class ProvisioningFailed(TransientError):
@@ -74,7 +87,7 @@ class Provisioner:
         log = ProvisioningLog(gateway.facility_group_id, gateway.id, Operation.CREATE, LogState.IN_PROGRESS, now,
                               now + timedelta(seconds=self._settings.lease_seconds), actor=actor)
         self._store.begin_log(log)
-        state: dict[str, Any] = {"gateway": gateway}
+        state: dict[str, Any] = {"gateway": gateway, "identity_project": ""}
         attempted: list[str] = []
         try:
             for step in CREATE_STEPS:
@@ -85,15 +98,16 @@ class Provisioner:
             why = str(e) if isinstance(e, ArchSyncError) else type(e).__name__
             metrics.provisioning_failed(res.facility_group_id, res.gateway_id, Operation.CREATE.value,
                                         attempted[-1] if attempted else None, why)
-            self._rollback(res, attempted, why)
-            raise ProvisioningFailed(f"Gateway provisioning failed at step '{attempted[-1]}' and was rolled back; "
-                                     "nothing was created. Retry later.") from None
+            self._rollback(res, attempted, why, state["identity_project"])
+            limit = " (a Google Cloud quota was reached: see docs/scale.md)" if isinstance(e, QuotaExceeded) else ""
+            raise ProvisioningFailed(f"Gateway provisioning failed at step '{attempted[-1]}'{limit} and was rolled "
+                                     "back; nothing was created. Retry later.") from None
         logs.info("gateway provisioned", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
         return state["gateway"]
 
     def _do(self, step: str, res: GatewayResources, state: dict, actor: str) -> None:
         c, s = self._cloud, self._settings
-        email = c.iam.email(res.account_id)
+        email = c.iam.email(res.account_id, state["identity_project"] or None)
         member = f"serviceAccount:{email}"
         if step == "topic":
             c.pubsub.create_topic(res.topic_id)
@@ -104,16 +118,19 @@ class Provisioner:
                                          min_retry_backoff_seconds=s.min_retry_backoff_seconds,
                                          max_retry_backoff_seconds=s.max_retry_backoff_seconds)
         elif step == "service_account":
-            c.iam.create_service_account(res.account_id, f"ArchSync gateway {state['gateway'].name}")
+            self._create_account(res, state)
         elif step == "subscription_binding":
             # Subscriber on its own subscription only: it can pull and ack its jobs, nothing else.
             c.pubsub.grant_subscription_role(res.subscription_id, SUBSCRIBER_ROLE, self._members(email))
         elif step == "bucket_binding":
-            c.bucket_iam.grant_prefix_reader(s.objects_bucket, member, res.objects_prefix)
+            # Its own managed folder gateways/<id>/ of the generated-objects bucket (docs/scale.md:
+            # a bucket policy cannot hold 5,000 per-gateway bindings; each managed folder has its own).
+            c.folders.grant_reader(s.objects_bucket, res.objects_prefix, member)
         elif step == "study_binding":
-            # Its own group's studies only, listing included: the agent lists a study's folder
-            # before it fetches the files (gateway_agent/fetch.py).
-            c.bucket_iam.grant_prefix_reader(s.study_bucket, member, res.study_prefix, listing=True)
+            # Its own group's studies only, listing included (the agent lists a study's folder
+            # before it fetches the files, gateway_agent/fetch.py): a member of the group's managed
+            # folder <facility_group_id>/ of the study bucket.
+            c.folders.grant_reader(s.study_bucket, res.study_prefix, member)
         elif step == "service_account_key":
             key_name, key_json = c.iam.create_key(email)
             c.vault.put(sa_key_object(res.facility_group_id, res.gateway_id), key_json, "application/json")
@@ -122,6 +139,7 @@ class Provisioner:
             c.vault.put(result_key_object(res.facility_group_id, res.gateway_id), new_result_key())
         elif step == "record":
             now = self._clock.now()
+            # The account's email names its pool project: that is where the gateway's identity lives.
             gw = dataclasses.replace(state["gateway"], topic_id=res.topic_id, subscription_id=res.subscription_id,
                                      service_account_email=email, service_account_key_id=state.get("key_name", ""),
                                      provisioning_state="READY", created_at=now, updated_at=now,
@@ -132,15 +150,36 @@ class Provisioner:
         else:  # pragma: no cover - CREATE_STEPS and this function change together
             raise AssertionError(step)
 
+    def _create_account(self, res: GatewayResources, state: dict) -> None:
+        """Create the gateway's service account in the first project of its pool order that has
+        room (docs/scale.md): each project is recorded in the log before it is tried, so an undo
+        looks where the account may be; a project at its quota (QuotaExceeded) is skipped."""
+        c = self._cloud
+        pool = self._settings.identity_projects or (c.iam.project,)
+        for project in identity_project_order(res.gateway_id, pool):
+            self._store.log_identity_project(res.facility_group_id, res.gateway_id, project)
+            state["identity_project"] = project
+            try:
+                c.iam.create_service_account(res.account_id, f"ArchSync gateway {state['gateway'].name}", project)
+                return
+            except QuotaExceeded:
+                logs.warning("identity project at its service account quota; trying the next", project=project,
+                             gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
+        raise QuotaExceeded(f"every project of the gateway identity pool ({len(pool)}) is at its service account "
+                            "quota: add projects to gateway_identity_projects (docs/scale.md)")
+
     def _members(self, email: str) -> list[str]:
         agent = self._settings.pubsub_service_agent
         return [f"serviceAccount:{email}"] + ([f"serviceAccount:{agent}"] if agent else [])
 
     # -- undo ----------------------------------------------------------------------------
-    def _undo(self, res: GatewayResources, steps: list[str], actor: str, audited_delete: bool) -> None:
-        """Undo ``steps`` in reverse; every undo is idempotent (missing resources are fine)."""
+    def _undo(self, res: GatewayResources, steps: list[str], actor: str, audited_delete: bool,
+              identity_project: str = "") -> None:
+        """Undo ``steps`` in reverse; every undo is idempotent (missing resources are fine).
+        ``identity_project``: where the service account is ("" = the deployment's project)."""
         c, s = self._cloud, self._settings
-        email = c.iam.email(res.account_id)
+        email = c.iam.email(res.account_id, identity_project or None)
+        member = f"serviceAccount:{email}"
         for step in reversed([x for x in CREATE_STEPS if x in steps]):
             if step == "record":
                 self._store.delete_gateway_record(res.facility_group_id, res.gateway_id, actor=actor,
@@ -150,9 +189,13 @@ class Provisioner:
             elif step == "service_account_key":
                 c.vault.delete(sa_key_object(res.facility_group_id, res.gateway_id))  # deleting the account revokes the key
             elif step == "study_binding":
-                c.bucket_iam.revoke_member(s.study_bucket, f"serviceAccount:{email}")
+                c.folders.revoke_member(s.study_bucket, res.study_prefix, member)  # the group's folder stays
+                # A gateway provisioned before managed folders has a conditional binding on the
+                # bucket itself (docs/scale.md, "Migration"): removed too, if any.
+                c.bucket_iam.revoke_member(s.study_bucket, member)
             elif step == "bucket_binding":
-                c.bucket_iam.revoke_member(s.objects_bucket, f"serviceAccount:{email}")
+                c.folders.delete_folder(s.objects_bucket, res.objects_prefix)  # its own folder, policy and all
+                c.bucket_iam.revoke_member(s.objects_bucket, member)
             elif step == "subscription_binding":
                 c.pubsub.revoke_subscription_role(res.subscription_id, SUBSCRIBER_ROLE, self._members(email))
             elif step == "service_account":
@@ -162,10 +205,10 @@ class Provisioner:
             elif step == "topic":
                 c.pubsub.delete_topic(res.topic_id)
 
-    def _rollback(self, res: GatewayResources, steps: list[str], why: str) -> None:
+    def _rollback(self, res: GatewayResources, steps: list[str], why: str, identity_project: str) -> None:
         try:
             self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLING_BACK, why)
-            self._undo(res, steps, actor="", audited_delete=False)
+            self._undo(res, steps, actor="", audited_delete=False, identity_project=identity_project)
             self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLED_BACK)
         except Exception as e:  # the log stays ROLLING_BACK: the sweeper finishes when its lease runs out
             metrics.provisioning_rolled_back(res.facility_group_id, res.gateway_id, "request", False, type(e).__name__)
@@ -179,8 +222,10 @@ class Provisioner:
         refuse, and the gateway is then put back as it was."""
         res = GatewayResources(gateway.facility_group_id, gateway.id)
         now = self._clock.now()
+        project = project_of_account(gateway.service_account_email)
         log = ProvisioningLog(res.facility_group_id, res.gateway_id, Operation.DELETE, LogState.IN_PROGRESS, now,
-                              now + timedelta(seconds=self._settings.lease_seconds), steps=list(CREATE_STEPS), actor=actor)
+                              now + timedelta(seconds=self._settings.lease_seconds), steps=list(CREATE_STEPS), actor=actor,
+                              identity_project=project)
         self._store.begin_log(log, replace_state=LogState.DONE)
         deleting = dataclasses.replace(gateway, provisioning_state="DELETING", updated_at=now, updated_by=actor)
         self._store.put_gateway(deleting, actor=actor, action="gateway.delete.start", fields=["provisioning_state"])
@@ -189,9 +234,25 @@ class Provisioner:
             self._store.put_gateway(gateway, actor=actor, action="gateway.delete.refused", fields=["provisioning_state"])
             self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DONE, reason)
             raise Conflict(reason)
-        self._undo(res, list(CREATE_STEPS), actor, audited_delete=True)
+        self._undo(res, list(CREATE_STEPS), actor, audited_delete=True, identity_project=project)
         self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DELETED)
         logs.info("gateway deleted", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
+
+    # -- migration of gateways provisioned before managed folders (docs/scale.md) ------------
+    def migrate_bucket_access(self, gateway: Gateway) -> None:
+        """Move a gateway's read grants from the buckets' own policies (one conditional binding
+        per gateway, as provisioned before) to its managed folders. The folders are granted first,
+        so the gateway never loses access; then its bindings on the bucket policies are removed.
+        Idempotent: a gateway already moved only costs the reads."""
+        c, s = self._cloud, self._settings
+        res = GatewayResources(gateway.facility_group_id, gateway.id)
+        member = f"serviceAccount:{gateway.service_account_email}"
+        for bucket, folder in ((s.objects_bucket, res.objects_prefix), (s.study_bucket, res.study_prefix)):
+            c.folders.grant_reader(bucket, folder, member)
+        for bucket in (s.objects_bucket, s.study_bucket):
+            c.bucket_iam.revoke_member(bucket, member)
+        logs.info("gateway bucket access moved to managed folders", gateway_id=res.gateway_id,
+                  facility_group_id=res.facility_group_id)
 
     # -- service-account key rotation (issue 11 item 16) ------------------------------------
     def rotate_key(self, gateway: Gateway, actor: str) -> Gateway:
@@ -203,12 +264,14 @@ class Provisioner:
         ran out) leaves exactly one active key: the stored one, tracked by the record."""
         res = GatewayResources(gateway.facility_group_id, gateway.id)
         now = self._clock.now()
+        project = project_of_account(gateway.service_account_email)
         self._store.begin_log(ProvisioningLog(res.facility_group_id, res.gateway_id, Operation.ROTATE_KEY,
                                               LogState.IN_PROGRESS, now,
-                                              now + timedelta(seconds=self._settings.lease_seconds), actor=actor),
+                                              now + timedelta(seconds=self._settings.lease_seconds), actor=actor,
+                                              identity_project=project),
                               replace_state=LogState.DONE)
         c = self._cloud
-        email = c.iam.email(res.account_id)
+        email = c.iam.email(res.account_id, project or None)
         new_name: Optional[str] = None
         try:
             new_name, key_json = c.iam.create_key(email)
@@ -217,7 +280,7 @@ class Provisioner:
             metrics.provisioning_failed(res.facility_group_id, res.gateway_id, Operation.ROTATE_KEY.value, "service_account_key",
                                         str(e) if isinstance(e, ArchSyncError) else type(e).__name__)
         try:
-            kept = self._settle_key(res, actor)
+            kept = self._settle_key(res, actor, project)
         except Exception as e:  # the log stays IN_PROGRESS: the sweeper settles it when the lease runs out
             logs.error("key rotation unsettled; the sweeper will finish it", gateway_id=res.gateway_id,
                        facility_group_id=res.facility_group_id, why=str(e) if isinstance(e, ArchSyncError) else type(e).__name__)
@@ -228,12 +291,12 @@ class Provisioner:
         logs.info("service account key rotated", gateway_id=res.gateway_id, facility_group_id=res.facility_group_id)
         return dataclasses.replace(gateway, service_account_key_id=kept, updated_at=self._clock.now(), updated_by=actor)
 
-    def _settle_key(self, res: GatewayResources, actor: str) -> Optional[str]:
+    def _settle_key(self, res: GatewayResources, actor: str, identity_project: str) -> Optional[str]:
         """Make the gateway's keys consistent and finish its ROTATE_KEY log: keep the key stored in
         the vault (or, if the vault holds none that IAM knows, the record's), point the record at
         it, delete every other user-managed key of the account, mark the log DONE. Idempotent."""
         c = self._cloud
-        email = c.iam.email(res.account_id)
+        email = c.iam.email(res.account_id, identity_project or None)
         stored = c.vault.get(sa_key_object(res.facility_group_id, res.gateway_id), fresh=True)
         keys = c.iam.list_keys(email)
         record = self._store.get_gateway(res.facility_group_id, res.gateway_id)
@@ -264,15 +327,17 @@ class Provisioner:
                 continue
             res = GatewayResources(log.facility_group_id, log.gateway_id)
             try:
+                project = claimed.identity_project or self._recorded_project(res)
                 if claimed.operation is Operation.CREATE:
-                    self._undo(res, claimed.steps, actor="sweeper", audited_delete=False)
+                    self._undo(res, claimed.steps, actor="sweeper", audited_delete=False, identity_project=project)
                     self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.ROLLED_BACK)
                     metrics.provisioning_rolled_back(res.facility_group_id, res.gateway_id, "sweeper", True,
                                                      "abandoned creation")
                 elif claimed.operation is Operation.ROTATE_KEY:
-                    self._settle_key(res, claimed.actor or "sweeper")  # marks the log DONE
+                    self._settle_key(res, claimed.actor or "sweeper", project)  # marks the log DONE
                 else:
-                    self._undo(res, list(CREATE_STEPS), actor=claimed.actor or "sweeper", audited_delete=True)
+                    self._undo(res, list(CREATE_STEPS), actor=claimed.actor or "sweeper", audited_delete=True,
+                               identity_project=project)
                     self._store.set_log_state(res.facility_group_id, res.gateway_id, LogState.DELETED)
                 done.append(log.gateway_id)
                 logs.warning("finished abandoned gateway operation", gateway_id=log.gateway_id,
@@ -280,6 +345,13 @@ class Provisioner:
             except ArchSyncError as e:  # try again at the next sweep (the lease runs out again)
                 logs.error("could not finish abandoned gateway operation", gateway_id=log.gateway_id, why=str(e))
         return done
+
+
+    def _recorded_project(self, res: GatewayResources) -> str:
+        """The project of the gateway's account as its record names it ("" if there is no record):
+        for logs written before the identity pool existed, which do not name it."""
+        record = self._store.get_gateway(res.facility_group_id, res.gateway_id)
+        return project_of_account(record.service_account_email) if record is not None else ""
 
 
 def _private_key_id(key_file: Optional[bytes]) -> Optional[str]:

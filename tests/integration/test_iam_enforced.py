@@ -95,8 +95,10 @@ def test_the_admin_api_reaches_storage_as_its_own_account_only(stack, admin_env)
         assert r.status_code == 200, r.get_data(as_text=True)
     seen = [d for d in front.decisions[before:] if d.permission != LIBRARY_LOOKUP]
     assert seen and {d.principal for d in seen} == {account("archsync-admin-api")} and all(d.allowed for d in seen)
+    # The gateway's grants are on managed folders (docs/scale.md, "Bucket IAM principals").
     assert {d.permission for d in seen} >= {"storage.objects.create", "storage.objects.get",
-                                            "storage.buckets.getIamPolicy", "storage.buckets.setIamPolicy"}
+                                            "storage.managedFolders.create", "storage.managedFolders.getIamPolicy",
+                                            "storage.managedFolders.setIamPolicy"}
 
 
 def test_the_result_endpoint_may_read_result_keys_and_nothing_else_in_the_key_bucket(stack):
@@ -139,14 +141,16 @@ NOTE = "gateways/gw-1/iocm/note.dcm"
 STORAGE_USES = {
     "on_study_changed": ["objects.put", "objects.put"],  # IOCM notes; a redelivery rewrites the same name
     "on_job_result": ["objects.get", "objects.put", "objects.copy", "keys.get_result_key"],  # follow-ups, held notes
-    "sweep_jobs": ["objects.get", "objects.copy", "keys.put", "keys.get", "keys.delete"],  # held notes; provisioning roll-back
-    "admin_api": ["objects.get", "objects.copy", "keys.put", "keys.get", "keys.delete", "bucket_iam"],  # retry re-routing; provisioning
+    # held notes; provisioning roll-back (managed folders: docs/scale.md; bucket_iam: gateways made before them)
+    "sweep_jobs": ["objects.get", "objects.copy", "keys.put", "keys.get", "keys.delete", "bucket_iam", "managed_folders"],
+    # retry re-routing; provisioning
+    "admin_api": ["objects.get", "objects.copy", "keys.put", "keys.get", "keys.delete", "bucket_iam", "managed_folders"],
 }
 
 
 @pytest.mark.parametrize("function", sorted(STORAGE_USES))
 def test_each_function_may_do_what_its_code_does_in_storage(stack, function):
-    from shared.adapters.gcs import BucketIam, KeyVault, ObjectStore
+    from shared.adapters.gcs import BucketIam, KeyVault, ManagedFolderIam, ObjectStore
 
     stack.gcs.bucket(stack.objects_bucket).blob(NOTE).upload_from_string(b"DICM")
     stack.vault.put(result_key_object("fg-1", "gw-1"), b"k" * 32)
@@ -173,4 +177,11 @@ def test_each_function_may_do_what_its_code_does_in_storage(stack, function):
             for bucket in (stack.objects_bucket, stack.study_bucket):
                 BucketIam(client).grant_prefix_reader(bucket, "user:someone@example.com", "fg-1/", listing=True)
                 BucketIam(client).revoke_member(bucket, "user:someone@example.com")
+        elif use == "managed_folders":
+            folders = ManagedFolderIam(client)
+            for bucket in (stack.objects_bucket, stack.study_bucket):
+                folders.grant_reader(bucket, "fg-1/", "user:someone@example.com")
+                assert folders.readers(bucket, "fg-1/") == ["user:someone@example.com"]
+                folders.revoke_member(bucket, "fg-1/", "user:someone@example.com")
+                folders.delete_folder(bucket, "fg-1/")
     assert not refusals(stack)

@@ -54,9 +54,19 @@ def leftovers(s, gid="gw-0123456789") -> dict:
         "subscription_bindings": [r for r, p in iam.policies.items() if any(member in b.members for b in p.bindings)],
         "bucket_bindings": [b for b, p in bucket_iam.policies.items()
                             if any(member in x.get("members", []) for x in p.get("bindings", []))],
+        # The managed-folder route (docs/scale.md): its member in a folder's policy, its own folder.
+        "folder_bindings": [k for k, p in bucket_iam.folder_policies.items()
+                            if any(member in x.get("members", []) for x in p.get("bindings", []))],
+        "gateway_folders": [k for k in bucket_iam.folder_policies if gid in k[1]],
         "vault_objects": [b.name for b in s.gcs.list_blobs(s.key_bucket) if gid in b.name],
         "record": s.store.get_gateway("fg-1", gid) is not None,
     }
+
+
+def folder_members(s, bucket: str, folder: str) -> set[str]:
+    """The members of a managed folder's policy (docs/scale.md, "Bucket IAM principals")."""
+    policy = s.emulators["bucket_iam"].folder_policies.get((bucket, folder)) or {}
+    return {m for b in policy.get("bindings", []) for m in b["members"]}
 
 
 def gateway_bindings(s, bucket: str) -> list[dict]:
@@ -68,7 +78,7 @@ def gateway_bindings(s, bucket: str) -> list[dict]:
 
 
 NOTHING = {"topics": [], "subscriptions": [], "service_accounts": [], "keys": [], "subscription_bindings": [],
-           "bucket_bindings": [], "vault_objects": [], "record": False}
+           "bucket_bindings": [], "folder_bindings": [], "gateway_folders": [], "vault_objects": [], "record": False}
 
 
 def test_create_provisions_every_resource(env):
@@ -94,12 +104,15 @@ def test_create_provisions_every_resource(env):
     [binding] = iam.policies[resource].bindings
     assert binding.role == "roles/pubsub.subscriber"
     assert set(binding.members) == {f"serviceAccount:{gw.service_account_email}", f"serviceAccount:{AGENT}"}
-    # Object reads limited to the gateway's own prefix of the objects bucket.
-    assert sorted(left["bucket_bindings"]) == sorted([env.objects_bucket, env.study_bucket])
-    [b] = gateway_bindings(env, env.objects_bucket)
-    assert b["role"] == "roles/storage.objectViewer"
-    assert b["condition"]["expression"] == (f'resource.name.startsWith("projects/_/buckets/{env.objects_bucket}'
-                                            '/objects/gateways/gw-0123456789/")')
+    # Object reads limited to the gateway's own managed folder of the objects bucket and its group's
+    # folder of the study bucket; nothing on the buckets' own policies, whose 1,500 principals
+    # could not hold 5,000 gateways (docs/scale.md).
+    assert left["bucket_bindings"] == [] and gateway_bindings(env, env.objects_bucket) == []
+    assert sorted(left["folder_bindings"]) == sorted([(env.objects_bucket, "gateways/gw-0123456789/"),
+                                                      (env.study_bucket, "fg-1/")])
+    policy = env.emulators["bucket_iam"].folder_policies[(env.objects_bucket, "gateways/gw-0123456789/")]
+    assert policy["bindings"] == [{"role": "roles/storage.objectViewer",
+                                   "members": [f"serviceAccount:{gw.service_account_email}"]}]
 
     key = json.loads(env.vault.get(sa_key_object("fg-1", gw.id)))
     assert key["type"] == "service_account" and key["client_email"] == gw.service_account_email
@@ -226,10 +239,13 @@ def test_provisioning_calls_are_counted(env):
     before = env.cloud_.call_count()
     env.prov.create(new_gateway(), "Pat Admin")
     iam, bucket_iam = env.emulators["iam"].calls, env.emulators["bucket_iam"].calls
-    policy_calls = iam["GetIamPolicy"] + iam["SetIamPolicy"] + bucket_iam["getIamPolicy"] + bucket_iam["setIamPolicy"]
-    # topic, sub, SA, key, 2 vault puts, and each policy read and write, retries included: at least
-    # 2 for the subscription and 2 for each bucket, more while IAM does not know the new account yet.
-    assert env.cloud_.call_count() - before == 6 + policy_calls and policy_calls >= 6
+    policy_calls = (iam["GetIamPolicy"] + iam["SetIamPolicy"] + bucket_iam["managedFolders.getIamPolicy"]
+                    + bucket_iam["managedFolders.setIamPolicy"])
+    # topic, sub, SA, key, 2 vault puts, 2 managed-folder creations, and each policy read and
+    # write, retries included: at least 2 for the subscription and 2 for each managed folder, more
+    # while IAM does not know the new account yet. The buckets' own policies are not touched.
+    assert bucket_iam["managedFolders.insert"] == 2 and bucket_iam["setIamPolicy"] == 0
+    assert env.cloud_.call_count() - before == 8 + policy_calls and policy_calls >= 6
 
 
 # -- shared IAM policies and IAM's eventual consistency (issue 11 item 8) ------------------------
@@ -244,7 +260,8 @@ def test_binding_a_new_service_account_waits_until_iam_knows_it(env):
     assert iam.calls["SetIamPolicy"] >= 2  # refused at least once, then accepted
     [resource] = leftovers(env)["subscription_bindings"]
     assert member in iam.policies[resource].bindings[0].members
-    assert sorted(leftovers(env)["bucket_bindings"]) == sorted([env.objects_bucket, env.study_bucket])
+    assert sorted(leftovers(env)["folder_bindings"]) == sorted([(env.objects_bucket, f"gateways/{gw.id}/"),
+                                                                (env.study_bucket, "fg-1/")])
 
 
 def test_an_account_iam_never_learns_fails_within_the_bound_and_rolls_back(env, monkeypatch):
@@ -268,15 +285,17 @@ def test_stale_etag_on_a_shared_policy_redoes_the_read_modify_write(env, monkeyp
 
     monkeypatch.setattr(env.emulators["iam"], "propagation_seconds", 0)
     bucket_iam, iam = env.emulators["bucket_iam"], env.emulators["iam"]
-    bucket_iam.fail_next("PUT", status=412, times=2)  # another writer changed it after our read, twice
+    # Another writer changed the policy after our read, twice (the study bucket's group folder is
+    # shared by every gateway of the group).
+    bucket_iam.fail_next("managedFolders.setIamPolicy", status=412, times=2)
     iam.fail_next("SetIamPolicy", grpc.StatusCode.ABORTED)  # IAM's answer to the same race
     gw = env.prov.create(new_gateway(), "Pat Admin")
-    # 3 cycles on the objects bucket (two stale), then 1 on the study bucket.
-    assert bucket_iam.calls["getIamPolicy"] == bucket_iam.calls["setIamPolicy"] == 4
+    # 3 cycles on the objects bucket's folder (two stale), then 1 on the study bucket's.
+    calls = bucket_iam.calls
+    assert calls["managedFolders.getIamPolicy"] == calls["managedFolders.setIamPolicy"] == 4
     assert iam.calls["GetIamPolicy"] == iam.calls["SetIamPolicy"] == 2
     member = f"serviceAccount:{gw.service_account_email}"
-    [b] = gateway_bindings(env, env.objects_bucket)
-    assert member in b["members"]
+    assert folder_members(env, env.objects_bucket, f"gateways/{gw.id}/") == {member}
 
 
 def test_concurrent_grants_on_one_bucket_all_land(env):
@@ -323,17 +342,18 @@ def test_eight_parallel_gateway_creations_across_two_groups_all_succeed(stack, a
     emails = {body["service_account_email"] for _, _, body in results}
     assert len(emails) == 8 and set(iam.service_accounts) == emails
     assert sum(len(k) for k in iam.keys.values()) == 8
-    bound = {m.split(":", 1)[1] for b in gateway_bindings(stack, stack.objects_bucket) for m in b["members"]}
-    assert bound == emails
+    for _, _, body in results:  # each in its own managed folder of the objects bucket
+        assert folder_members(stack, stack.objects_bucket, f"gateways/{body['id']}/") == {
+            f"serviceAccount:{body['service_account_email']}"}
     for fg, _, body in results:
         resource = f"projects/{stack.project}/subscriptions/{body['pubsub_subscription_id']}"
         assert f"serviceAccount:{body['service_account_email']}" in iam.policies[resource].bindings[0].members
         assert stack.store.get_gateway(fg, body["id"]).provisioning_state == "READY"
         assert stack.store.get_log(fg, body["id"]).state is LogState.DONE
-    # Each may read its own group's studies only (issue 12 item 3).
-    studies = {m.split(":", 1)[1]: b["condition"]["expression"]
-               for b in gateway_bindings(stack, stack.study_bucket) for m in b["members"]}
-    assert studies == {body["service_account_email"]: study_condition(stack.study_bucket, fg) for fg, _, body in results}
+    # Each may read its own group's studies only (issue 12 item 3): a member of its group's folder.
+    for fg in ("fg-1", "fg-2"):
+        assert folder_members(stack, stack.study_bucket, f"{fg}/") == {
+            f"serviceAccount:{body['service_account_email']}" for g, _, body in results if g == fg}
 
 
 # -- the study-bucket grant (issue 12 item 3) ------------------------------------------------------
@@ -360,20 +380,19 @@ def other_group_gateway(s, gid: str = "gw-abcdefabcd"):
 
 def test_a_gateway_may_read_and_list_its_own_groups_studies_only(env):
     gw = env.prov.create(new_gateway(), "Pat Admin")
-    [b] = study_bindings(env)
-    assert b["role"] == "roles/storage.objectViewer"
-    assert set(b["members"]) == {f"serviceAccount:{gw.service_account_email}"}
-    assert b["condition"]["expression"] == study_condition(env.study_bucket, "fg-1")
+    assert study_bindings(env) == []  # nothing on the study bucket's own policy (docs/scale.md)
+    policy = env.emulators["bucket_iam"].folder_policies[(env.study_bucket, "fg-1/")]
+    assert policy["bindings"] == [{"role": "roles/storage.objectViewer",
+                                   "members": [f"serviceAccount:{gw.service_account_email}"]}]
     assert env.store.get_log("fg-1", gw.id).steps.count("study_binding") == 1
 
 
 def test_deleting_a_gateway_revokes_its_study_grant_only(env):
     mine, other = env.prov.create(new_gateway(), "Pat Admin"), other_group_gateway(env)
-    assert len(study_bindings(env)) == 2
+    assert folder_members(env, env.study_bucket, "fg-1/") == {f"serviceAccount:{mine.service_account_email}"}
     env.prov.delete(mine, "Pat Admin", lambda: None)
-    [b] = study_bindings(env)
-    assert set(b["members"]) == {f"serviceAccount:{other.service_account_email}"}
-    assert b["condition"]["expression"] == study_condition(env.study_bucket, "fg-2")
+    assert folder_members(env, env.study_bucket, "fg-1/") == set()
+    assert folder_members(env, env.study_bucket, "fg-2/") == {f"serviceAccount:{other.service_account_email}"}
 
 
 @pytest.mark.parametrize("how", ["failure", "crash"])
@@ -390,14 +409,13 @@ def test_a_rolled_back_creation_revokes_its_study_grant_only(env, monkeypatch, h
     with pytest.raises((ProvisioningFailed, SimulatedCrash)):
         env.prov.create(new_gateway(), "Pat Admin")
     monkeypatch.setattr(Provisioner, "_do", real)
-    assert len(study_bindings(env)) == (1 if how == "failure" else 2)
+    assert len(folder_members(env, env.study_bucket, "fg-1/")) == (0 if how == "failure" else 1)
     if how == "crash":
         env.clock.advance(seconds=301)
         assert env.prov.finish_stale() == ["gw-0123456789"]
     assert leftovers(env) == NOTHING
-    [b] = study_bindings(env)
-    assert set(b["members"]) == {f"serviceAccount:{other.service_account_email}"}
-    assert b["condition"]["expression"] == study_condition(env.study_bucket, "fg-2")
+    assert folder_members(env, env.study_bucket, "fg-1/") == set()
+    assert folder_members(env, env.study_bucket, "fg-2/") == {f"serviceAccount:{other.service_account_email}"}
 
 
 # -- service-account key rotation as one unit (issue 11 item 16) ---------------------------------

@@ -145,8 +145,12 @@ def test_each_function_gets_only_the_project_roles_its_code_uses(name):
 
 def test_provisioners_may_edit_the_iam_policy_of_the_generated_and_study_buckets_only():
     role = _resources("google_project_iam_custom_role")["bucket_iam_admin"]
+    # The bucket's own policy (gateways provisioned before managed folders) and its managed
+    # folders' policies (docs/scale.md, "Bucket IAM principals"); never object access.
     assert {_unquote(p) for p in role["permissions"]} == {
-        "storage.buckets.get", "storage.buckets.getIamPolicy", "storage.buckets.setIamPolicy"}
+        "storage.buckets.get", "storage.buckets.getIamPolicy", "storage.buckets.setIamPolicy",
+        "storage.managedFolders.create", "storage.managedFolders.delete", "storage.managedFolders.get",
+        "storage.managedFolders.getIamPolicy", "storage.managedFolders.setIamPolicy"}
     grants = _resources("google_storage_bucket_iam_member")
     custom = "google_project_iam_custom_role.bucket_iam_admin.id"
     for grant, bucket, role in (

@@ -28,8 +28,10 @@ def test_function_accounts_are_the_runtime_identities_of_every_function():
 
 
 def test_custom_roles():
-    assert custom_roles() == {"archsyncBucketIamAdmin": ["storage.buckets.get", "storage.buckets.getIamPolicy",
-                                                         "storage.buckets.setIamPolicy"]}
+    assert custom_roles() == {"archsyncBucketIamAdmin": [
+        "storage.buckets.get", "storage.buckets.getIamPolicy", "storage.buckets.setIamPolicy",
+        "storage.managedFolders.create", "storage.managedFolders.delete", "storage.managedFolders.get",
+        "storage.managedFolders.getIamPolicy", "storage.managedFolders.setIamPolicy"]}
 
 
 def test_current_bucket_grants_are_found():
