@@ -7,9 +7,8 @@ import re
 from typing import Any, Callable, Mapping, Optional
 
 from .auth import Caller, JwtVerifier
-from .domain.errors import MalformedInput, NotFound
-from .domain.json_input import parse_json
-from .http import JSON, HttpError, error, json_response, require_content
+from .domain.errors import MalformedInput
+from .http import JSON, json_response, match_route
 from .services.admin import AdminService
 
 _ID = r"([A-Za-z0-9][A-Za-z0-9._:-]{0,127})"
@@ -123,31 +122,16 @@ def _only(query: Mapping[str, str], *allowed: str) -> Mapping[str, str]:
     return query
 
 
-def _json_body(raw: bytes) -> Any:
-    return parse_json(raw) if raw else None
-
-
 def dispatch(service_factory: Callable[[], AdminService], verifier: JwtVerifier, method: str, path: str,
              headers: Mapping[str, str], raw_body: bytes, args: Optional[Mapping[str, str]] = None) -> tuple:
     caller = verifier.verify(headers)
-    for pattern, methods in ROUTES:
-        match = pattern.match(path)
-        if match is None:
-            continue
+
+    def in_callers_group(match: re.Match) -> None:
         # A route under a facility group: another group's paths answer 404 before anything else
         # is checked (rule 8), the services check again. The group list has no group in its path.
         if match.groups():
             caller.require_group(match.group(1))
-        handler: Optional[Handler] = methods.get(method)
-        if handler is None:
-            allowed = ", ".join(sorted(methods))
-            raise HttpError(405, "method_not_allowed", f"allowed: {allowed}", headers={"Allow": allowed})
-        if len(raw_body) > MAX_BODY:
-            return error(413, "too_large", "request body too large")
-        declared = REQUEST_BODIES.get((method, pattern.pattern), ())
-        require_content(headers.get("Content-Type"), raw_body, declared)
-        if args and any(len(v) > 1 for v in getattr(args, "listvalues", lambda: [])()):
-            raise MalformedInput("each query parameter may be given once")
-        query = {k: v for k, v in (args or {}).items()}
-        return handler(service_factory(), caller, match.groups(), _json_body(raw_body) if declared else None, query)
-    raise NotFound("no such resource")
+
+    handler, groups, body, query = match_route(ROUTES, REQUEST_BODIES, method, path, headers, raw_body, args, MAX_BODY,
+                                               on_match=in_callers_group)
+    return handler(service_factory(), caller, groups, body, query)

@@ -7,6 +7,7 @@ import json
 import os
 import traceback
 import uuid
+import re
 from typing import Any, Callable, Mapping, Optional
 
 from . import logs
@@ -122,3 +123,36 @@ def require_content(content_type: Optional[str], body: bytes, declared: tuple[st
     mime, params = media_type(content_type)
     if mime not in declared or params.get("charset", "utf-8") != "utf-8":
         raise HttpError(415, "unsupported_media_type", f"request body must be {' or '.join(declared)} (UTF-8)")
+
+
+def match_route(routes: list[tuple[re.Pattern, dict[str, Any]]], request_bodies: Mapping[tuple[str, str], tuple[str, ...]],
+                method: str, path: str, headers: Mapping[str, str], raw_body: bytes, args: Optional[Mapping[str, str]],
+                max_body: int, on_match: Callable[[re.Match], None] = lambda match: None,
+                body_required: bool = False) -> tuple[Any, tuple, Any, dict]:
+    """(handler, the path's groups, the parsed JSON body or None, the query) of the route ``path``
+    matches, after the checks every admin path makes in this order: ``on_match`` (e.g. the
+    caller's group), 405 with Allow, 413, 415 (``request_bodies``: what openapi.yaml declares),
+    a repeated query parameter, a missing body (``body_required``). NotFound when no route matches."""
+    from .domain.json_input import parse_json
+
+    for pattern, methods in routes:
+        match = pattern.match(path)
+        if match is None:
+            continue
+        on_match(match)
+        handler = methods.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            raise HttpError(405, "method_not_allowed", f"allowed: {allowed}", headers={"Allow": allowed})
+        if len(raw_body) > max_body:
+            raise HttpError(413, "too_large", "request body too large")
+        declared = request_bodies.get((method, pattern.pattern), ())
+        require_content(headers.get("Content-Type"), raw_body, declared)
+        if args and any(len(v) > 1 for v in getattr(args, "listvalues", lambda: [])()):
+            raise MalformedInput("each query parameter may be given once")
+        query = {k: v for k, v in (args or {}).items()}
+        if declared and not raw_body and body_required:
+            raise MalformedInput("request body required")
+        body = parse_json(raw_body) if declared and raw_body else None
+        return handler, match.groups(), body, query
+    raise NotFound("no such resource")

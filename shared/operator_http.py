@@ -8,9 +8,7 @@ import re
 from typing import Any, Callable, Mapping, Optional
 
 from .auth import Caller, JwtVerifier
-from .domain.errors import MalformedInput, NotFound
-from .domain.json_input import parse_json
-from .http import JSON, HttpError, error, json_response, require_content
+from .http import JSON, error, json_response, match_route
 from .services.redrive import RedriveService
 
 PREFIX = "/v1/operations/"
@@ -51,25 +49,6 @@ def dispatch(service_factory: Callable[[], RedriveService], verifier: JwtVerifie
     if not caller.operator:
         # Not hidden as a 404: the path is public (openapi.yaml) and says nothing about a tenant.
         return error(403, "forbidden", "this operation is for the platform team (operator role required)")
-    for pattern, methods in ROUTES:
-        match = pattern.match(path)
-        if match is None:
-            continue
-        handler = methods.get(method)
-        if handler is None:
-            allowed = ", ".join(sorted(methods))
-            raise HttpError(405, "method_not_allowed", f"allowed: {allowed}", headers={"Allow": allowed})
-        if len(raw_body) > MAX_BODY:
-            return error(413, "too_large", "request body too large")
-        declared = REQUEST_BODIES.get((method, pattern.pattern), ())
-        require_content(headers.get("Content-Type"), raw_body, declared)
-        if args and any(len(v) > 1 for v in getattr(args, "listvalues", lambda: [])()):
-            raise MalformedInput("each query parameter may be given once")
-        query = {k: v for k, v in (args or {}).items()}
-        body = None
-        if declared:
-            if not raw_body:
-                raise MalformedInput("request body required")
-            body = parse_json(raw_body)
-        return handler(service_factory(), caller, match.groups(), body, query)
-    raise NotFound("no such resource")
+    handler, groups, body, query = match_route(ROUTES, REQUEST_BODIES, method, path, headers, raw_body, args, MAX_BODY,
+                                               body_required=True)
+    return handler(service_factory(), caller, groups, body, query)
