@@ -46,8 +46,13 @@ def archive():
 def world(stack, admin_env, archive, tmp_path):
     """The cloud (a provisioned gateway, its destination, the Result Endpoint over HTTP) and an
     agent started with no job delivery, with its admin page on loopback."""
-    e2e = E2E(stack, tmp_path, admin_env, host="127.0.0.1", port=archive.port, called_ae_title="ARCHIVE")
+    # A 10 s ack deadline and lease extension (production: 300 s): the Pub/Sub emulator may still
+    # hand a message to a streaming pull the agent has just closed (a deactivated delivery); it
+    # comes back once that lease lapses, which the last check of the walk-through waits for.
+    e2e = E2E(stack, tmp_path, admin_env, host="127.0.0.1", port=archive.port, called_ae_title="ARCHIVE",
+              provisioning={"ack_deadline_seconds": 10})
     settings = {k: v for k, v in e2e.config().items() if k != "job_deliveries"}
+    settings["lease_extension_seconds"] = 10
     path = write_config(tmp_path / "agent.json", [], **settings)
     policies = stack.emulators["iam"].policies
     agent = Agent(load(path), pull_guard=lambda d: require_consume(policies, d.service_account_info, d.subscription_path))
@@ -144,7 +149,7 @@ def test_link_the_gateway_through_its_admin_page(world, browser, out):
     wait_for(lambda: not agent.delivery_status(), 60, "the pull to stop")
     e2e.study("1.2.826.0.1.3680043.8.498.2", 1)
     e2e.exam_completed("exam-2", "1.2.826.0.1.3680043.8.498.2")
-    left = e2e.stack.pull(e2e.gw.subscription_id, expect=1, wait=30)
+    left = e2e.stack.pull(e2e.gw.subscription_id, expect=1, wait=120)
     assert [json.loads(m.data)["study"]["study_instance_uid"] for m in left] == ["1.2.826.0.1.3680043.8.498.2"]
     assert browser.console_errors() == []  # no CSP violation, no script error
 
