@@ -286,7 +286,7 @@ def _start_agent(gateways: dict, result_url: str, commit_port: int, log_dir: Pat
                                "service_account_json": json.dumps(gw["sa_key"]), "active": key == "main"}
                               for key, gw in gateways.items()],
            "max_concurrent_jobs": 4, "network_timeout_seconds": 3, "dimse_timeout_seconds": 10, "work_dir": str(log_dir),
-           "pubsub_endpoint": os.environ["PUBSUB_EMULATOR_HOST"],
+           "pubsub_endpoint": os.environ["PUBSUB_EMULATOR_HOST"], "storage_endpoint": os.environ["STORAGE_EMULATOR_HOST"],
            "storage_commitment": {"ae_title": "GW_SCU", "host": "127.0.0.1", "port": commit_port, "timeout_seconds": 20}}
     config = parse(cfg)
     for delivery in config.active_deliveries:

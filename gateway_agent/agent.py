@@ -144,7 +144,8 @@ class Agent:
 
     def _runner(self, d: JobDelivery) -> JobRunner:
         work_dir = str(self._spool.run_dir) if self._spool.run_dir else self.cfg.work_dir
-        return JobRunner(ObjectFetcher(d.service_account_info, d.project_id, free_disk_margin_mb=self.cfg.free_disk_margin_mb),
+        return JobRunner(ObjectFetcher(d.service_account_info, d.project_id, self.cfg.storage_endpoint,
+                                         free_disk_margin_mb=self.cfg.free_disk_margin_mb),
                          self._net, self.waiter, commitment_timeout=self.cfg.storage_commitment.timeout_seconds,
                          hl7_timeout=self.cfg.hl7_timeout_seconds, work_dir=work_dir,
                          pipeline=PipelineSettings(associations=self.cfg.store_associations, spool_files=self.cfg.spool_files))

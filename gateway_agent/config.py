@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from .results import RetryPolicy
 
@@ -176,6 +176,11 @@ class AgentConfig:
     # on a restricted network. A loopback endpoint (the local stack) is plaintext: gRPC's local
     # channel credentials, which still carry the service account's token on every call.
     pubsub_endpoint: str = "pubsub.googleapis.com:443"
+    # Cloud Storage's JSON API base URL: Google's by default. Named here, never taken from the
+    # library's STORAGE_EMULATOR_HOST (which also switches it to anonymous credentials when none
+    # are given): the agent always runs the production path, with its key's token on every
+    # request. Plain http is accepted only for a loopback host (the local stack).
+    storage_endpoint: str = "https://storage.googleapis.com"
     # The local admin page (None: no page; the config file is then edited by hand).
     admin_page: Optional[AdminPage] = None
 
@@ -272,9 +277,16 @@ def parse(raw: Any) -> AgentConfig:
     if not isinstance(endpoint, str) or not endpoint.rpartition(":")[2].isdigit() or not endpoint.rpartition(":")[0]:
         errors["pubsub_endpoint"] = "must be host:port"
         endpoint = AgentConfig.pubsub_endpoint
+    storage_endpoint = raw.get("storage_endpoint", AgentConfig.storage_endpoint)
+    storage_url = urlsplit(storage_endpoint) if isinstance(storage_endpoint, str) else None
+    if storage_url is None or not storage_url.hostname or storage_url.path not in ("", "/") or not (
+            storage_url.scheme == "https" or (storage_url.scheme == "http" and is_loopback(storage_url.hostname))):
+        errors["storage_endpoint"] = "must be an https:// base URL (http:// only on this machine's loopback)"
+        storage_endpoint = AgentConfig.storage_endpoint
     cfg = AgentConfig(
         admin_page=admin,
         pubsub_endpoint=endpoint,
+        storage_endpoint=storage_endpoint.rstrip("/"),
         deliveries=tuple(deliveries),
         max_concurrent_jobs=_positive(raw, "max_concurrent_jobs", 4, errors, int),
         max_outstanding_messages=_positive(raw, "max_outstanding_messages", 8, errors, int),

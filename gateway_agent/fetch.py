@@ -42,12 +42,15 @@ def study_prefix(uri: str) -> tuple[str, str]:
 class ObjectFetcher:
     """Downloads with the gateway's service account (seed 000 Step 3: the SA JSON key), always: its
     signed assertion buys an access token at the key's ``token_uri`` and every request carries it.
-    One code path everywhere (ARCHITECTURE rule 10): google-cloud-storage honours explicit
-    credentials with STORAGE_EMULATOR_HOST, so on the local stack the bearer token reaches the
-    storage emulator too, and the key's ``token_uri`` is the IAM stand-in's token endpoint."""
+    One code path everywhere (ARCHITECTURE rule 10): the endpoint is ``storage_endpoint`` (agent
+    config; Google's by default), passed to the client explicitly, so no emulator variable in the
+    environment changes where requests go or how they are authenticated. On the local stack the
+    endpoint is the authorising storage front and the key's ``token_uri`` the IAM stand-in's."""
 
-    def __init__(self, service_account_info: dict, project_id: str, parallel: int = 8, free_disk_margin_mb: float = 512.0):
+    def __init__(self, service_account_info: dict, project_id: str, storage_endpoint: str, parallel: int = 8,
+                 free_disk_margin_mb: float = 512.0):
         self._sa, self._project, self._parallel = service_account_info, project_id, parallel
+        self._endpoint = storage_endpoint
         self._margin = int(free_disk_margin_mb * MB)
         self._client: Any = None
         self._lock = threading.Lock()
@@ -60,7 +63,10 @@ class ObjectFetcher:
 
                 creds = service_account.Credentials.from_service_account_info(
                     self._sa, scopes=["https://www.googleapis.com/auth/devstorage.read_only"])
-                self._client = storage.Client(project=self._project, credentials=creds)
+                # client_options' api_endpoint outranks STORAGE_EMULATOR_HOST (google-cloud-storage
+                # Client.__init__), and explicit credentials are never swapped for anonymous ones.
+                self._client = storage.Client(project=self._project, credentials=creds,
+                                              client_options={"api_endpoint": self._endpoint})
             return self._client
 
     def _call(self, what: str, fn):

@@ -188,8 +188,10 @@ def study_to_archived(orthanc: Orthanc, sizes: list[int], tmp: Path) -> None:
             for d in load(cfg_path).active_deliveries:
                 require_consume(stack.emulators["iam"].policies, d.service_account_info, d.subscription_path)
             with open(log_dir / f"agent-{count}.log", "wb") as log:
+                from tests.support import on_site_env
+
                 agent = subprocess.Popen([sys.executable, "-m", "gateway_agent", "--config", str(cfg_path)], cwd=REPO,
-                                         stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                         stdout=log, stderr=log, env={**on_site_env(), "PYTHONPATH": str(REPO)})
             try:
                 time.sleep(2.0)  # the agent's streaming pull is open before the exam completes
                 t = time.perf_counter()
@@ -261,7 +263,7 @@ def _fetch_only(world, study: str) -> float:
     through the local authorising storage front), nothing else."""
     from gateway_agent.fetch import ObjectFetcher
 
-    fetcher = ObjectFetcher(world.sa_key, world.stack.project)
+    fetcher = ObjectFetcher(world.sa_key, world.stack.project, world.stack.emulators["gcs"])
     into = Path(tempfile.mkdtemp(dir=world.tmp))
     bucket, names, _ = fetcher.list_prefix(world.uri(study))
     t = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -252,3 +253,10 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condi
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def on_site_env() -> dict[str, str]:
+    """The environment of an agent process as on site: no emulator variable (*_EMULATOR_HOST) at
+    all, so it can only reach the local stack through its config's endpoints and its key, the
+    production path (gateway_agent/config.py pubsub_endpoint, storage_endpoint)."""
+    return {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}

@@ -138,7 +138,7 @@ class LocalStack:
                                 "service_account_json": json.dumps(sa_key), "active": True}],
             "max_concurrent_jobs": 2, "dimse_timeout_seconds": 10, "network_timeout_seconds": 3,
             "storage_commitment": {"ae_title": "GW_SCU", "host": "127.0.0.1", "port": 0, "timeout_seconds": 20},
-            "work_dir": str(work_dir), "pubsub_endpoint": self.emulators["pubsub"]})
+            "work_dir": str(work_dir), "pubsub_endpoint": self.emulators["pubsub"], "storage_endpoint": self.emulators["gcs"]})
         for delivery in config.active_deliveries:
             require_consume(self.emulators["iam"].policies, delivery.service_account_info, delivery.subscription_path)
         return Agent(config).start()

@@ -136,6 +136,7 @@ class E2E:
             "max_concurrent_jobs": 2, "dimse_timeout_seconds": 10, "network_timeout_seconds": 3,
             "storage_commitment": {"ae_title": "GW_SCU", "host": "127.0.0.1", "port": commitment_port, "timeout_seconds": 20},
             "work_dir": str(self.tmp), "pubsub_endpoint": self.stack.emulators["pubsub"],
+            "storage_endpoint": self.stack.emulators["gcs"],
         }
 
     def start_agent(self, commitment_port: bool = False) -> Agent:

@@ -30,6 +30,7 @@ from devstack.archive_scp import EmbeddedArchive
 from devstack.pubsub_iam import require_consume
 from gateway_agent.config import parse
 from tests.e2e.harness import E2E, wait_for
+from tests.support import on_site_env
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "1.2.826.0.1.3680043.8.498.9301"
@@ -82,7 +83,7 @@ class AgentProcess:
         self.log = e2e.tmp / f"{name}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "gateway_agent", "--config", str(self.config)],
-                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=on_site_env())
 
     def records(self, message: Optional[str] = None) -> list[dict]:
         out = []

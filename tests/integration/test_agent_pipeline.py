@@ -34,7 +34,7 @@ class WatchedFetcher(ObjectFetcher):
 
 
 def runner(world, settings: PipelineSettings, **kw) -> tuple[JobRunner, WatchedFetcher]:
-    fetcher = WatchedFetcher(world.sa_key, world.stack.project, **kw)
+    fetcher = WatchedFetcher(world.sa_key, world.stack.project, world.stack.emulators["gcs"], **kw)
     return JobRunner(fetcher, Network(10, 5, 5), CommitmentWaiter(), work_dir=str(world.stack_tmp),
                      sleep=world.sleeps.append, pipeline=settings), fetcher
 

@@ -60,7 +60,7 @@ def world(stack, tmp_path):
     sleeps: list[float] = []
     sa_key = stack.emulators["iam"].mint_key_info(stack.project, "archsync-gw-1")  # a real key: real tokens
     stack.grant_gateway_reads(sa_key["client_email"])  # and only what provisioning would grant it
-    runner = JobRunner(ObjectFetcher(sa_key, stack.project), Network(5, 3, 3), waiter, commitment_timeout=5,
+    runner = JobRunner(ObjectFetcher(sa_key, stack.project, stack.emulators["gcs"]), Network(5, 3, 3), waiter, commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     bucket = stack.study_bucket
 
@@ -338,7 +338,7 @@ def test_the_failure_reason_names_every_distinct_failure_of_the_tries(world):
     """Issue 11 item 17: the first try's cause is not replaced by the last try's."""
     world.study(2)
     world.archive.fail_store_with = 0xA700
-    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project), Network(5, 3, 3), CommitmentWaiter(),
+    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project, world.stack.emulators["gcs"]), Network(5, 3, 3), CommitmentWaiter(),
                        work_dir=str(world.runner._work_dir),
                        sleep=lambda s: setattr(world.archive, "fail_store_with", 0xA702))  # another cause from try 2 on
     out = runner.run(job(port=world.archive.port, uri=world.uri, max_retries=2))
@@ -521,7 +521,7 @@ def test_the_archive_going_away_mid_study_and_coming_back_within_the_retries_sto
 
     archive._server.unbind(evt.EVT_C_STORE, original)
     archive._server.bind(evt.EVT_C_STORE, store_then_vanish)
-    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project), Network(5, 3, 3), CommitmentWaiter(),
+    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project, world.stack.emulators["gcs"]), Network(5, 3, 3), CommitmentWaiter(),
                        work_dir=world.runner._work_dir, sleep=time.sleep)  # real waits between tries
     result: dict = {}
     msg = job(port=archive.port, uri=world.uri, max_retries=10)  # the contract's maximum, 1 s apart
@@ -549,7 +549,7 @@ def test_the_archive_going_away_mid_study_and_coming_back_within_the_retries_sto
 
 def test_a_study_larger_than_the_free_disk_space_is_not_fetched_and_says_so(world, tmp_path):
     world.study(2)
-    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project, free_disk_margin_mb=10**9), Network(5, 3, 3),
+    runner = JobRunner(ObjectFetcher(world.sa_key, world.stack.project, world.stack.emulators["gcs"], free_disk_margin_mb=10**9), Network(5, 3, 3),
                        CommitmentWaiter(), work_dir=str(tmp_path), sleep=world.sleeps.append)
     out = runner.run(job(port=world.archive.port, uri=world.uri, max_retries=1))
     assert out.state == "FAILED" and "after 2 attempts" in out.reason  # retryable: space may be freed

@@ -54,7 +54,7 @@ def two_groups(stack):
 
 def test_an_agent_reads_its_groups_studies_and_gets_403_for_another_groups(stack, two_groups, tmp_path):
     gw, key = two_groups["fg-1"]
-    fetcher = ObjectFetcher(key, stack.project)
+    fetcher = ObjectFetcher(key, stack.project, stack.emulators["gcs"])
     assert len(fetcher.fetch_prefix(f"gs://{stack.study_bucket}/fg-1/{S1}/", tmp_path / "own")) == 2
 
     with pytest.raises(FetchError, match="may not read it") as refused:
@@ -73,7 +73,7 @@ def test_a_gateway_reads_only_its_own_generated_objects(stack, two_groups, tmp_p
     (gw1, key1), (gw2, _) = two_groups["fg-1"], two_groups["fg-2"]
     for gw in (gw1, gw2):
         stack.gcs.bucket(stack.objects_bucket).blob(f"gateways/{gw.id}/iocm/note.dcm").upload_from_string(b"DICM")
-    fetcher = ObjectFetcher(key1, stack.project)
+    fetcher = ObjectFetcher(key1, stack.project, stack.emulators["gcs"])
     assert fetcher.fetch_object(f"gs://{stack.objects_bucket}/gateways/{gw1.id}/iocm/note.dcm", tmp_path / "a").read_bytes() == b"DICM"
     with pytest.raises(FetchError, match="may not read it"):
         fetcher.fetch_object(f"gs://{stack.objects_bucket}/gateways/{gw2.id}/iocm/note.dcm", tmp_path / "b")

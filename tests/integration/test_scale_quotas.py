@@ -179,7 +179,7 @@ def test_provisioning_past_the_quota_through_the_identity_pool(scale, monkeypatc
     reader = next(g for g in made[1:] if g.facility_group_id == "fg-1")
     key = json.loads(scale.vault.get(sa_key_object("fg-1", reader.id)))
     assert key["client_email"] == reader.service_account_email and key["project_id"] in POOL
-    fetcher = ObjectFetcher(key, scale.project)
+    fetcher = ObjectFetcher(key, scale.project, scale.emulators["gcs"])
     assert len(fetcher.fetch_prefix(f"gs://{scale.study_bucket}/fg-1/{S1}/", tmp_path / "own")) == 2
     with pytest.raises(FetchError, match="may not read it"):
         fetcher.fetch_prefix(f"gs://{scale.study_bucket}/fg-2/{S2}/", tmp_path / "other")

@@ -39,7 +39,7 @@ def env(stack, tmp_path):
     sleeps: list[float] = []
     key = stack.emulators["iam"].mint_key_info(stack.project, "archsync-gw-1")
     stack.grant_gateway_reads(key["client_email"])  # what provisioning grants the gateway (strict storage)
-    runner = JobRunner(ObjectFetcher(key, stack.project), Network(30, 10, 10), CommitmentWaiter(), commitment_timeout=5,
+    runner = JobRunner(ObjectFetcher(key, stack.project, stack.emulators["gcs"]), Network(30, 10, 10), CommitmentWaiter(), commitment_timeout=5,
                        hl7_timeout=3, work_dir=str(tmp_path), sleep=sleeps.append)
     uri = f"gs://{stack.study_bucket}/fg-1/{STUDY}/"
 

@@ -149,3 +149,37 @@ def test_a_study_folder_is_split_into_bucket_and_prefix():
     from gateway_agent.fetch import study_prefix
 
     assert study_prefix("gs://studies/fg-1/1.2.3/") == ("studies", "fg-1/1.2.3/")
+
+
+def test_storage_endpoint_comes_from_config_never_from_the_emulator_variable(monkeypatch):
+    """The agent runs the production auth path: STORAGE_EMULATOR_HOST (which would redirect
+    google-cloud-storage and give it anonymous credentials) changes nothing; only the config's
+    storage_endpoint does, and the key's credentials are used either way."""
+    from google.oauth2 import service_account
+
+    from gateway_agent.config import AgentConfig
+    from gateway_agent.fetch import ObjectFetcher
+    from tests.support import local_key_file
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    key = local_key_file()
+    for endpoint in (AgentConfig.storage_endpoint, "http://127.0.0.1:4443"):
+        client = ObjectFetcher(key, "p", endpoint)._storage()
+        assert client._connection.API_BASE_URL == endpoint
+        assert isinstance(client._credentials, service_account.Credentials)
+
+
+@pytest.mark.parametrize("endpoint, ok", [
+    ("https://storage.googleapis.com", True), ("https://psc-storage.example.internal", True),
+    ("http://127.0.0.1:4443", True), ("http://storage.googleapis.com", False), ("ftp://x", False),
+    ("https://storage.googleapis.com/storage/v1", False), (42, False)])
+def test_storage_endpoint_must_be_https_or_loopback_http(endpoint, ok):
+    from gateway_agent.config import ConfigError, parse
+
+    raw = {"job_deliveries": [delivery()], "storage_endpoint": endpoint}
+    if ok:
+        assert parse(raw).storage_endpoint == endpoint
+    else:
+        with pytest.raises(ConfigError) as e:
+            parse(raw)
+        assert "storage_endpoint" in str(e.value)
