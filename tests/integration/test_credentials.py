@@ -256,9 +256,8 @@ class _RecordingRelay:
 
 
 @pytest.fixture
-def relay(emulators, monkeypatch):
-    r = _RecordingRelay(emulators["gcs"])
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", r.url)  # the agent's storage client goes through the relay
+def relay(emulators):
+    r = _RecordingRelay(emulators["gcs"])  # the agent's storage_endpoint in these tests
     yield r
     r.stop()
 
@@ -271,7 +270,7 @@ def test_the_agent_downloads_with_its_service_accounts_bearer_token(stack, relay
     uri = f"gs://{stack.study_bucket}/fg-1/{STUDY}/"
     upload(stack.gcs, uri, files)
     before = iam.calls["token"]
-    paths = ObjectFetcher(info, stack.project, stack.emulators["gcs"]).fetch_prefix(uri, tmp_path / "spool")
+    paths = ObjectFetcher(info, stack.project, relay.url).fetch_prefix(uri, tmp_path / "spool")
     assert sorted(p.read_bytes() for p in paths) == sorted(f.data for f in files)
     assert iam.calls["token"] > before and iam.calls["token_refused"] == 0
     assert len(relay.seen) >= 4  # one listing, three downloads
@@ -287,7 +286,7 @@ def test_a_refused_key_fails_the_fetch_with_a_reason_not_a_crash(stack, relay, t
     iam.iam_client().delete_service_account_key(
         name=f"projects/-/serviceAccounts/{info['client_email']}/keys/{info['private_key_id']}")
     with pytest.raises(FetchError) as e:
-        ObjectFetcher(info, stack.project, stack.emulators["gcs"]).fetch_prefix(f"gs://{stack.study_bucket}/fg-1/{STUDY}/", tmp_path / "spool")
+        ObjectFetcher(info, stack.project, relay.url).fetch_prefix(f"gs://{stack.study_bucket}/fg-1/{STUDY}/", tmp_path / "spool")
     assert not e.value.retryable and "service-account key was refused" in e.value.reason
     assert "Invalid JWT Signature" in e.value.reason and "PRIVATE KEY" not in e.value.reason
     assert relay.seen == []  # nothing reached storage without a token
